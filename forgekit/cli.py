@@ -1,0 +1,142 @@
+"""The `forgekit` command: validate, preview-data, finetune, models, and the tool-calling commands.
+
+Every subcommand that takes a config also takes dotted overrides after it (`learning_rate=2e-4
+lora_config.r=16`). Config and data problems print one report and exit with code 2, never a traceback
+(set FORGEKIT_DEBUG=1 to see one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from forgekit.config import ConfigError, format_config, load_config
+from forgekit.data import DataError
+from forgekit.formats import FormatError
+
+USER_ERRORS = (ConfigError, DataError, FormatError)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learning_rate=2e-4 lora_config.r=16")
+    p.add_argument("--default", action="store_true", help="default mode: only model_id and train_path are needed")
+
+
+def _load(args: argparse.Namespace):
+    return load_config(args.config, args.overrides, default=args.default)
+
+
+def _summary(manifest: dict) -> str:
+    tl = manifest.get("token_length", {})
+    lines = [
+        f"data: {manifest['train_examples']} training examples -> {manifest['train_rows']} rows "
+        f"({manifest.get('dropped_overlength', 0)} dropped over-length, {manifest.get('truncated', 0)} truncated, "
+        f"{manifest.get('dropped_unsupervised', 0)} without trained tokens)",
+        f"tokens: p50 {tl.get('p50', 0):.0f}, p95 {tl.get('p95', 0):.0f}, max {tl.get('max', 0)}; "
+        f"{manifest['supervised_share']:.1%} trained",
+    ]
+    if "valid_rows" in manifest:
+        lines.append(f"validation: {manifest['valid_rows']} rows")
+    if "packed_rows" in manifest:
+        lines.append(f"packing: {manifest['examples_per_row']:.1f} examples per row, {manifest['pack_fill']:.0%} full")
+    lines.append(f"cache: {'reused' if manifest.get('cache_hit') else 'built'} ({manifest['cache_key']})")
+    return "\n".join(lines)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from forgekit.batching import describe_batch
+    from forgekit.prepare import prepare_data
+
+    cfg = _load(args)
+    prepared = prepare_data(cfg)
+    r = prepared.resolved
+    print(f"# {args.config}: valid ({'default' if args.default else 'custom'} mode). Resolved config:")
+    print(format_config(r), end="")
+    print("# " + _summary(prepared.manifest).replace("\n", "\n# "))
+    print("# " + describe_batch(r.train_batch_size_per_device, r.gradient_accumulation_steps, r.num_devices))
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from forgekit.prepare import prepare_data, preview_data
+
+    prepared = prepare_data(_load(args))
+    print(preview_data(prepared, args.n, color=None if not args.plain else False))
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from forgekit.train import finetune
+
+    cfg = _load(args)
+    result = finetune(cfg, address=args.address)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from forgekit import models
+
+    if args.action == "fetch":
+        path = models.fetch_model(args.name)
+        print(path)
+    else:
+        for m in models.list_models():
+            print(json.dumps(m, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="forgekit", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="validate a config and its data; print every value the run will use")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("preview-data", help="show tokenized examples with the trained spans marked")
+    _add_config_args(p)
+    p.add_argument("-n", type=int, default=3, help="number of rows to show")
+    p.add_argument("--plain", action="store_true", help="mark trained spans with ⟦ ⟧ instead of colour")
+    p.set_defaults(func=cmd_preview)
+
+    p = sub.add_parser("finetune", help="fine-tune: Ray Train + DeepSpeed, writes a run directory")
+    _add_config_args(p)
+    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else local)")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("models", help="embedded models")
+    p.add_argument("action", choices=["fetch", "list"])
+    p.add_argument("name", nargs="?", default="smollm2-135m-instruct")
+    p.set_defaults(func=cmd_models)
+
+    try:
+        from forgekit.toolcalling.cli import register
+    except ImportError:
+        pass
+    else:
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except USER_ERRORS as e:
+        if os.environ.get("FORGEKIT_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

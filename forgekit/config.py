@@ -1,0 +1,414 @@
+"""The fine-tuning config: an LLMForge-compatible YAML schema, validated strictly, every problem at once.
+
+Field names follow LLMForge so its YAML files validate unchanged; forgekit's additions are documented on
+the field. `load_config` reads a YAML file (or dict), applies dotted command-line overrides
+(`learning_rate=2e-4`, `lora_config.r=16`), and raises one `ConfigError` listing every problem with its
+dotted key, what was expected and a did-you-mean for misspelt keys.
+
+Values the run derives (context length from the data, epochs from `min_num_update_steps`, batch sizes
+for the hardware) are filled by `forgekit.prepare.prepare_data`, which returns a resolved copy whose
+`derived` set names them; `format_config` prints the config with those values marked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "ConfigError",
+    "FinetuneConfig",
+    "PromptFormatConfig",
+    "load_config",
+    "apply_overrides",
+    "format_config",
+    "DEFAULT_LORA",
+]
+
+# Default mode's adapter: LoRA rank 8 on every linear layer (peft's "all-linear" shortcut).
+DEFAULT_LORA: dict[str, Any] = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear"}
+
+
+class ConfigError(Exception):
+    """A config (or its DeepSpeed file) is invalid; `problems` lists each one as `key: message`."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = list(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        lines = [f"{len(self.problems)} problem(s){where}:"] + [f"  - {p}" for p in self.problems]
+        super().__init__("\n".join(lines))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PromptFormatConfig(_Strict):
+    """LLMForge role templates; `{instruction}` is the message text, `{system}` the rendered system text."""
+
+    system: str = Field("{instruction}", description="Template for a system message.")
+    user: str = Field("{instruction}", description="Template for a user message; may contain {system}.")
+    assistant: str = Field(
+        "{instruction}",
+        description="Template for an assistant message. The text from {instruction} to the end is trained.",
+    )
+    trailing_assistant: str = Field("", description="Appended after the last user turn at generation time.")
+    bos: str = Field("", description="Prepended once to every example.")
+    system_in_user: bool = Field(False, description="Render the system message inside the first user turn.")
+    default_system_message: str = Field("", description="System text used when an example has none.")
+
+    @model_validator(mode="after")
+    def _slots(self) -> PromptFormatConfig:
+        problems = []
+        for name in ("system", "user", "assistant"):
+            if "{instruction}" not in getattr(self, name):
+                problems.append(f"{name}: template must contain '{{instruction}}'")
+        if self.system_in_user and "{system}" not in self.user:
+            problems.append("user: system_in_user is true, so the user template must contain '{system}'")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class GenerationConfig(_Strict):
+    prompt_format: PromptFormatConfig | str | None = Field(
+        None,
+        description=(
+            "Role templates (LLMForge), or the name of a built-in format (llama3, mistral, gemma2, chatml, "
+            "qwen2.5, smollm2, passthrough). Unset: the tokenizer's own chat_template."
+        ),
+    )
+    stopping_sequences: list[str] | None = Field(None, description="Strings that end a generation.")
+
+
+class DeepSpeedSection(_Strict):
+    config_path: str = Field(..., description="DeepSpeed JSON; 'auto' fields are filled from this config.")
+
+
+class ClassifierConfig(_Strict):
+    label_tokens: list[str] = Field(..., min_length=2, description="One new special token per class.")
+
+    @field_validator("label_tokens")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("label tokens must be unique")
+        if any(not t or t != t.strip() for t in v):
+            raise ValueError("label tokens must be non-empty and have no surrounding whitespace")
+        return v
+
+
+class LoggerConfig(_Strict):
+    provider: Literal["wandb", "mlflow", "tensorboard"]
+    provider_config: dict[str, Any] = Field(default_factory=dict, description="Passed to the provider.")
+
+
+class CheckpointFrequency(_Strict):
+    unit: Literal["steps", "epochs"] = "epochs"
+    frequency: int = Field(1, ge=1)
+
+
+class LigerConfig(_Strict):
+    enabled: bool = False
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Passed to liger's apply function.")
+
+
+class FinetuneConfig(_Strict):
+    """Everything a fine-tuning run uses. Unset optional values are derived (see module docstring)."""
+
+    # --- model and data
+    model_id: str = Field(..., description="HF hub id, local dir, or an embedded alias (smollm2-135m-instruct).")
+    train_path: str = Field(..., description="Chat JSONL: local path, file://, s3://, gs://, hf://, or a HF dataset name.")
+    valid_path: str | None = Field(None, description="Validation JSONL; unset: no evaluation.")
+    task: Literal["causal_lm", "instruction_tuning", "classification", "preference_tuning"] = "instruction_tuning"
+    context_length: int | None = Field(None, ge=8, description="Max tokens per example. Unset: derived from the data.")
+    padding: Literal["longest", "max_length"] = Field(
+        "longest", description="'max_length' pads every batch to context_length (worst-case memory)."
+    )
+    packing: bool = Field(
+        False,
+        description="forgekit: pack several examples per row with per-example position ids (no cross-attention).",
+    )
+    overlength: Literal["auto", "drop", "truncate"] = Field(
+        "auto",
+        description="forgekit: examples longer than context_length. auto: truncate for causal_lm, else drop.",
+    )
+    # --- hardware and batch
+    num_devices: int = Field(1, ge=1, description="Number of training workers (GPUs, or CPU processes).")
+    use_gpu: bool | None = Field(None, description="forgekit: None = GPUs when the Ray cluster has them.")
+    train_batch_size_per_device: int | None = Field(None, ge=1)
+    eval_batch_size_per_device: int | None = Field(None, ge=1)
+    gradient_accumulation_steps: int | None = Field(None, ge=1)
+    total_batch_size: int | None = Field(
+        None, ge=1, description="forgekit (Silogen rule): target examples per optimizer step across all workers."
+    )
+    max_batch_size_per_device: int | None = Field(
+        None, ge=1, description="forgekit: largest per-device micro batch that fits; used with total_batch_size."
+    )
+    worker_resources: dict[str, float] = Field(default_factory=dict, description="Extra Ray resources per worker.")
+    trainer_resources: dict[str, float] = Field(default_factory=dict, description="Ray resources of the trainer actor.")
+    # --- optimisation
+    num_epochs: int | None = Field(None, ge=1, description="Unset: enough epochs for min_num_update_steps.")
+    min_num_update_steps: int = Field(100, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="forgekit: stop after this many optimizer steps.")
+    learning_rate: float = Field(1e-4, gt=0)
+    lr_scheduler_type: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+        "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay",
+    ] = "cosine"
+    num_warmup_steps: int = Field(10, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    gradient_checkpointing: bool = True
+    attn_implementation: Literal["sdpa", "eager", "flex_attention", "flash_attention_2"] = "sdpa"
+    lora_config: dict[str, Any] | None = Field(
+        None, description="peft LoraConfig keywords; unset = full fine-tuning (LoRA r=8 in default mode)."
+    )
+    rope_scaling: dict[str, Any] | None = Field(
+        None,
+        description="forgekit: rope scaling for context extension; unset and context_length > model max: linear.",
+    )
+    liger_kernel: LigerConfig = Field(default_factory=LigerConfig)
+    deepspeed: DeepSpeedSection | None = None
+    seed: int = 42
+    # --- prompts and tasks
+    generation_config: GenerationConfig = Field(default_factory=GenerationConfig)
+    classifier_config: ClassifierConfig | None = None
+    # --- continued fine-tuning
+    initial_base_model_ckpt_path: str | None = Field(None, description="Full weights to start from.")
+    initial_adapter_model_ckpt_path: str | None = Field(None, description="LoRA adapter to continue training.")
+    # --- outputs
+    output_dir: str = "runs"
+    run_name: str | None = Field(None, description="forgekit: run directory name; unset = model + timestamp.")
+    checkpoint_and_evaluation_frequency: CheckpointFrequency = Field(default_factory=CheckpointFrequency)
+    num_checkpoints_to_keep: int = Field(1, ge=1)
+    logging_steps: int = Field(1, ge=1, description="forgekit: optimizer steps between metrics lines.")
+    logger: LoggerConfig | None = None
+
+    _derived: set[str] = PrivateAttr(default_factory=set)
+
+    @field_validator("lora_config")
+    @classmethod
+    def _lora_keys(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is None:
+            return v
+        from peft import LoraConfig
+
+        known = {f.name for f in dataclasses.fields(LoraConfig)}
+        bad = [k for k in v if k not in known]
+        if bad:
+            raise ValueError("; ".join(f"'{k}' is not a peft LoraConfig field{_did_you_mean(k, known)}" for k in bad))
+        r = v.get("r", 8)
+        if not isinstance(r, int) or r < 1:
+            raise ValueError(f"r must be a positive integer, got {r!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> FinetuneConfig:
+        problems = []
+        if self.task == "classification" and self.classifier_config is None:
+            problems.append("classifier_config.label_tokens is required when task is classification")
+        if self.task != "classification" and self.classifier_config is not None:
+            problems.append(f"classifier_config is only used with task: classification (task is {self.task})")
+        if self.initial_adapter_model_ckpt_path and self.lora_config is None:
+            problems.append("initial_adapter_model_ckpt_path needs lora_config (an adapter continues as LoRA)")
+        if self.max_batch_size_per_device and not self.total_batch_size:
+            problems.append("max_batch_size_per_device is only used together with total_batch_size")
+        if self.total_batch_size and (self.train_batch_size_per_device or self.gradient_accumulation_steps):
+            problems.append(
+                "total_batch_size derives train_batch_size_per_device and gradient_accumulation_steps: "
+                "set either total_batch_size (+ max_batch_size_per_device) or those two, not both"
+            )
+        if self.packing and self.task == "classification":
+            problems.append("packing is not supported for task: classification (one label per row)")
+        if self.packing and self.padding == "max_length":
+            problems.append("packing: true has no padding; remove padding: max_length")
+        if problems:
+            raise ValueError(" | ".join(problems))
+        return self
+
+    # --- derived, read-only views
+    @property
+    def is_lora(self) -> bool:
+        return self.lora_config is not None
+
+    @property
+    def derived(self) -> set[str]:
+        """Names of fields whose values were derived rather than written by the user."""
+        return set(self._derived)
+
+
+def _did_you_mean(word: str, choices: set[str] | list[str]) -> str:
+    match = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> set[str]:
+    """Field names of the sub-model reached by `loc` (for did-you-mean on unknown keys)."""
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            return set()
+        ann = current.model_fields[part].annotation
+        current = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), ann)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return set(current.model_fields)
+    return set()
+
+
+def _describe(err: dict, root: type[BaseModel]) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    etype = err["type"]
+    if etype == "extra_forbidden":
+        return f"{key}: unknown key{_did_you_mean(str(loc[-1]), _fields_at(root, loc[:-1]))}"
+    if etype == "missing":
+        return f"{key}: required but missing"
+    msg = err["msg"].removeprefix("Value error, ")
+    got = err.get("input")
+    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    return f"{key}: {msg}{shown}"
+
+
+# pydantic puts union member names into error locations; they mean nothing to a user.
+_UNION_TAGS = {"PromptFormatConfig", "str", "function-after[_slots(), PromptFormatConfig]"}
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...] | dict[str, Any]) -> dict:
+    """Return a copy of `data` with dotted overrides applied (`lora_config.r=16`, values parsed as YAML).
+
+    Raises:
+        ConfigError: an override is not of the form key=value.
+    """
+    import copy
+
+    out = copy.deepcopy(data)
+    items = overrides.items() if isinstance(overrides, dict) else []
+    problems = []
+    if not isinstance(overrides, dict):
+        parsed = []
+        for item in overrides:
+            if "=" not in item:
+                problems.append(f"override '{item}': expected key=value, e.g. learning_rate=2e-4")
+                continue
+            k, v = item.split("=", 1)
+            parsed.append((k.strip(), _parse_scalar(v)))
+        items = parsed
+    if problems:
+        raise ConfigError(problems, "command line")
+    for key, value in items:
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        node[parts[-1]] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError([f"cannot read config: {e.strerror}"], str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError([f"{where}: invalid YAML: {getattr(e, 'problem', e)}"], str(path)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: expected a mapping of config keys, got {type(data).__name__}"], str(path))
+    return data
+
+
+def load_config(
+    source: str | os.PathLike | dict,
+    overrides: list[str] | tuple[str, ...] | dict[str, Any] = (),
+    default: bool = False,
+) -> FinetuneConfig:
+    """Load, override and validate a config.
+
+    Args:
+        source: a YAML path or a dict of config keys.
+        overrides: dotted `key=value` strings (command line) or a {dotted_key: value} dict.
+        default: LLMForge's default mode: only `model_id` and `train_path` are required; LoRA rank 8 on all
+            linear layers unless `lora_config` is given.
+
+    Raises:
+        ConfigError: every problem found, each with its dotted key.
+    """
+    name = None
+    if isinstance(source, dict):
+        data = dict(source)
+    else:
+        path = Path(source)
+        name = str(path)
+        data = _read_yaml(path)
+    data = apply_overrides(data, overrides)
+    derived = set()
+    if default:
+        user_lora = data.get("lora_config")
+        if not user_lora:
+            derived.add("lora_config")
+        data["lora_config"] = {**DEFAULT_LORA, **(user_lora or {})}
+    try:
+        cfg = FinetuneConfig.model_validate(data)
+    except ValidationError as e:
+        errors = e.errors()
+        # for `Model | str` unions, the str branch's complaint is noise when the model branch explains more
+        model_branch = {err["loc"][: err["loc"].index("PromptFormatConfig")] for err in errors if "PromptFormatConfig" in err["loc"]}
+        model_branch |= {err["loc"][: err["loc"].index("function-after[_slots(), PromptFormatConfig]")] for err in errors if "function-after[_slots(), PromptFormatConfig]" in err["loc"]}
+        errors = [err for err in errors if not (err["loc"][-1] == "str" and err["loc"][:-1] in model_branch)]
+        problems = []
+        for err in errors:
+            text = _describe(err, FinetuneConfig)
+            # cross-field checks arrive as one " | "-joined message at the top level
+            problems.extend(text.split(" | ") if text.startswith("(top level)") else [text])
+        problems = [p.removeprefix("(top level): ") for p in problems]
+        raise ConfigError(problems, name) from None
+    if cfg.task == "preference_tuning":
+        raise ConfigError(["task: preference_tuning is accepted by the schema but not yet supported"], name)
+    cfg._derived = derived
+    return cfg
+
+
+def with_derived(cfg: FinetuneConfig, **values: Any) -> FinetuneConfig:
+    """A copy of `cfg` with `values` filled in and recorded as derived."""
+    new = cfg.model_copy(update=values)
+    new._derived = cfg.derived | set(values)
+    FinetuneConfig.model_validate(new.model_dump())  # derived values obey the schema too
+    return new
+
+
+def format_config(cfg: FinetuneConfig) -> str:
+    """The config as YAML, every value shown; derived values marked `# derived`."""
+    data = cfg.model_dump(mode="json")
+    lines = []
+    for key, value in data.items():
+        mark = "  # derived" if key in cfg.derived else ""
+        if isinstance(value, dict) and value:
+            lines.append(f"{key}:{mark}")
+            body = yaml.safe_dump(value, sort_keys=False, default_flow_style=False).rstrip("\n")
+            lines.extend("  " + line for line in body.splitlines())
+        else:
+            scalar = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+            lines.append(f"{key}: {scalar}{mark}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,201 @@
+"""Reading chat data: OpenAI-format JSONL from local or remote paths, every line validated, one report.
+
+A record is `{"messages": [{"role": ..., "content": ...}, ...]}`, optionally with `"tools"` (OpenAI function
+specs); assistant messages may carry `tool_calls`, and `tool` messages carry their results. Paths may be
+local, `file://`, any fsspec URL (`s3://`, `gs://`, `hf://`, `http(s)://`), or a Hugging Face datasets name
+(`org/name` or `org/name:split`). Problems are collected for the whole file and raised once as
+`DataError`, each as `file:line: problem`, so nothing trains on a half-broken file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DataError", "Example", "read_examples", "validate_record", "data_fingerprint", "MAX_REPORTED"]
+
+ROLES = ("system", "user", "assistant", "tool")
+MAX_REPORTED = 50  # problems listed before the report says "... and N more"
+_HF_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?$")
+
+
+class DataError(Exception):
+    """A data file has problems; `problems` lists them as `file:line: problem`."""
+
+    def __init__(self, problems: list[str], total: int | None = None):
+        self.problems = list(problems)
+        total = total if total is not None else len(problems)
+        lines = [f"{total} problem(s) in the data; nothing was trained:"] + [f"  {p}" for p in self.problems]
+        if total > len(self.problems):
+            lines.append(f"  ... and {total - len(self.problems)} more")
+        super().__init__("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class Example:
+    """One validated record and where it came from (for error messages)."""
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None
+    source: str
+    line: int
+
+
+def _content_problem(msg: dict, i: int) -> str | None:
+    role = msg.get("role")
+    content = msg.get("content")
+    if role == "assistant" and msg.get("tool_calls"):
+        calls = msg["tool_calls"]
+        if not isinstance(calls, list):
+            return f"messages[{i}].tool_calls: expected a list"
+        for j, call in enumerate(calls):
+            fn = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn.get("name"):
+                return f"messages[{i}].tool_calls[{j}]: expected {{'function': {{'name': ..., 'arguments': ...}}}}"
+            args = fn.get("arguments", "{}")
+            if isinstance(args, str):
+                try:
+                    json.loads(args or "{}")
+                except json.JSONDecodeError:
+                    return f"messages[{i}].tool_calls[{j}].function.arguments: not valid JSON"
+        if content is not None and not isinstance(content, str):
+            return f"messages[{i}].content: expected a string or null"
+        return None
+    if content is None:
+        return f"messages[{i}] ({role}): missing content"
+    if not isinstance(content, str):
+        return f"messages[{i}] ({role}): content must be a string, got {type(content).__name__}"
+    if not content.strip():
+        return f"messages[{i}] ({role}): empty content"
+    return None
+
+
+def validate_record(record: Any, task: str = "instruction_tuning") -> list[str]:
+    """Problems with one record (empty list = valid).
+
+    Args:
+        record: the parsed JSON value of one line.
+        task: the config's task; `causal_lm` accepts records without an assistant message.
+    """
+    if not isinstance(record, dict):
+        return [f"expected a JSON object with 'messages', got {type(record).__name__}"]
+    if "messages" not in record:
+        keys = ", ".join(sorted(record)[:5])
+        return [f"missing 'messages' (keys found: {keys or 'none'})"]
+    messages = record["messages"]
+    if not isinstance(messages, list) or not messages:
+        return ["'messages' must be a non-empty list"]
+    problems: list[str] = []
+    seen_user = seen_assistant = False
+    open_calls = False
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            problems.append(f"messages[{i}]: expected an object with role and content")
+            continue
+        role = msg.get("role")
+        if role not in ROLES:
+            problems.append(f"messages[{i}]: unknown role {role!r} (expected one of {', '.join(ROLES)})")
+            continue
+        p = _content_problem(msg, i)
+        if p:
+            problems.append(p)
+        if role == "system" and i != 0:
+            problems.append(f"messages[{i}]: a system message must come first")
+        elif role == "user":
+            seen_user = True
+        elif role == "assistant":
+            if not seen_user:
+                problems.append(f"messages[{i}]: assistant message before any user message")
+            seen_assistant = True
+            open_calls = bool(msg.get("tool_calls"))
+        elif role == "tool" and not open_calls:
+            problems.append(f"messages[{i}]: tool message without a preceding assistant tool_calls")
+    tools = record.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        problems.append("'tools' must be a list of function specs")
+    if not seen_user and task != "causal_lm":
+        problems.append("no user message")
+    if not seen_assistant and task in ("instruction_tuning", "classification"):
+        problems.append("no assistant message (nothing to train on for this task)")
+    return problems
+
+
+def _is_hf_dataset_name(path: str) -> bool:
+    return "://" not in path and not Path(path.split(":")[0]).exists() and bool(_HF_NAME.match(path))
+
+
+def _read_text(path: str) -> str:
+    """The file's text, from a local path or any fsspec URL."""
+    if "://" in path and not path.startswith("file://"):
+        import fsspec
+
+        with fsspec.open(path, "rt", encoding="utf-8") as f:
+            return f.read()
+    local = Path(path.removeprefix("file://"))
+    if not local.exists():
+        raise DataError([f"{path}: file not found"])
+    return local.read_text(encoding="utf-8")
+
+
+def _hf_records(name: str) -> list[Any]:
+    import datasets
+
+    repo, _, split = name.partition(":")
+    ds = datasets.load_dataset(repo, split=split or "train")
+    return [dict(row) for row in ds]
+
+
+def data_fingerprint(path: str) -> str:
+    """A content hash of the data at `path` (for the tokenization cache key)."""
+    if _is_hf_dataset_name(path):
+        import datasets
+
+        repo, _, split = path.partition(":")
+        return datasets.load_dataset(repo, split=split or "train")._fingerprint
+    return hashlib.sha256(_read_text(path).encode()).hexdigest()
+
+
+def read_examples(path: str, task: str = "instruction_tuning", max_reported: int = MAX_REPORTED) -> list[Example]:
+    """Read and validate every record of a chat dataset.
+
+    Args:
+        path: local path, file:// or fsspec URL of a JSONL file, or a HF datasets name (`org/name[:split]`).
+        task: the config's task (changes which records are complete).
+        max_reported: problems listed in the error before it summarises the rest.
+
+    Raises:
+        DataError: at least one line is invalid; lists each as `file:line: problem`.
+    """
+    problems: list[str] = []
+    total = 0
+    examples: list[Example] = []
+    if _is_hf_dataset_name(path):
+        rows = [(i + 1, rec, None) for i, rec in enumerate(_hf_records(path))]
+        unit = "row"
+    else:
+        rows = []
+        for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((lineno, json.loads(line), None))
+            except json.JSONDecodeError as e:
+                rows.append((lineno, None, f"invalid JSON ({e.msg} at column {e.colno})"))
+        unit = None
+    for lineno, record, parse_problem in rows:
+        found = [parse_problem] if parse_problem else validate_record(record, task)
+        if found:
+            total += len(found)
+            where = f"{path}:{unit + ' ' if unit else ''}{lineno}"
+            problems.extend(f"{where}: {p}" for p in found[: max(0, max_reported - len(problems))])
+            continue
+        examples.append(Example(record["messages"], record.get("tools"), path, lineno))
+    if problems or total:
+        raise DataError(problems[:max_reported], total)
+    if not examples:
+        raise DataError([f"{path}: no records"])
+    return examples

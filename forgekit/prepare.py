@@ -1,0 +1,456 @@
+"""Data preparation on the driver, once: records → prompt format → token ids + label mask (+ packing), cached.
+
+`prepare_data(cfg)` reads and validates the data, renders every conversation with the prompt format,
+tokenizes it with its label mask (-100 = not trained), applies the over-length policy, optionally packs
+examples into rows, and saves the result as `datasets` folders with a `manifest.json`. The cache key is a
+hash of the data, the tokenizer (vocabulary, added tokens, chat template), the prompt format and the
+config fields that change tokens; a second run with the same inputs reuses the folder.
+
+It also derives what the config left unset (context length from the data, batch sizes, epochs) and
+returns a resolved config whose `derived` set names those values. `collate` turns rows into a batch.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from forgekit import __version__
+from forgekit.config import ConfigError, FinetuneConfig, with_derived
+from forgekit.data import DataError, Example, data_fingerprint, read_examples
+from forgekit.formats import FormatError, render, resolve_prompt_format, role_format_to_jinja, tokenize_rendered
+
+__all__ = [
+    "PreparedData",
+    "prepare_data",
+    "load_tokenizer",
+    "collate",
+    "pack_rows",
+    "preview_data",
+    "cache_root",
+    "count_real_tokens",
+]
+
+log = logging.getLogger("forgekit")
+PREP_VERSION = 1  # bump when the on-disk format or tokenization rules change
+MIN_CONTEXT, CPU_TOKENS_PER_DEVICE, GPU_TOKENS_PER_DEVICE = 512, 2048, 16384
+
+
+@dataclass
+class PreparedData:
+    """Tokenized datasets on disk and what was derived from them."""
+
+    train_dir: Path
+    valid_dir: Path | None
+    tokenizer_dir: Path
+    manifest: dict[str, Any]
+    resolved: FinetuneConfig
+    cache_dir: Path
+
+
+def cache_root() -> Path:
+    """Root of forgekit's caches: `$FORGEKIT_CACHE`, else `~/.cache/forgekit`."""
+    return Path(os.environ.get("FORGEKIT_CACHE") or Path.home() / ".cache" / "forgekit")
+
+
+def _model_path(cfg: FinetuneConfig) -> str:
+    from forgekit.models import resolve_model_path
+
+    return cfg.initial_base_model_ckpt_path or resolve_model_path(cfg.model_id)
+
+
+def load_tokenizer(cfg: FinetuneConfig) -> Any:
+    """The tokenizer the run trains with: from the adapter or base checkpoint when continuing, else the model.
+
+    For classification, the label tokens are added as special tokens; for role templates, the chat template
+    is replaced by one that renders identically (so the saved tokenizer serves in the training format).
+    """
+    from transformers import AutoTokenizer
+
+    source = _model_path(cfg)
+    adapter = cfg.initial_adapter_model_ckpt_path
+    if adapter and (Path(adapter) / "tokenizer_config.json").exists():
+        source = adapter
+    tok = AutoTokenizer.from_pretrained(source)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if cfg.classifier_config:
+        new = [t for t in cfg.classifier_config.label_tokens if t not in tok.get_vocab()]
+        if new:
+            tok.add_tokens(new, special_tokens=True)
+    fmt = resolve_prompt_format(cfg.generation_config.prompt_format, tok)
+    if fmt is not None:
+        tok.chat_template = role_format_to_jinja(fmt)
+    return tok
+
+
+def _model_max_length(cfg: FinetuneConfig) -> int | None:
+    from transformers import AutoConfig
+
+    try:
+        mc = AutoConfig.from_pretrained(_model_path(cfg))
+    except Exception:  # a hub id that cannot be reached; the worker will know
+        return None
+    return getattr(mc, "max_position_embeddings", None)
+
+
+def _tokenizer_fingerprint(tok: Any) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(sorted(tok.get_vocab().items())).encode())
+    h.update(json.dumps(tok.chat_template or "").encode())
+    h.update(json.dumps([tok.eos_token, tok.pad_token, tok.bos_token]).encode())
+    return h.hexdigest()
+
+
+def _cache_key(cfg: FinetuneConfig, tok: Any, model_max: int | None) -> tuple[str, dict]:
+    fmt = cfg.generation_config.prompt_format
+    parts = {
+        "version": PREP_VERSION,
+        "train": data_fingerprint(cfg.train_path),
+        "valid": data_fingerprint(cfg.valid_path) if cfg.valid_path else None,
+        "tokenizer": _tokenizer_fingerprint(tok),
+        "prompt_format": fmt.model_dump() if hasattr(fmt, "model_dump") else fmt,
+        "task": cfg.task,
+        "context_length": cfg.context_length,
+        "model_max": model_max,
+        "overlength": cfg.overlength,
+        "packing": cfg.packing,
+        "labels": cfg.classifier_config.label_tokens if cfg.classifier_config else None,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20], parts
+
+
+def _tokenize_all(examples: list[Example], tok: Any, cfg: FinetuneConfig) -> tuple[list, list]:
+    """(ids, labels) per example; every format problem is collected as `file:line: problem`."""
+    fmt = resolve_prompt_format(cfg.generation_config.prompt_format, tok)
+    labels_ok = set(cfg.classifier_config.label_tokens) if cfg.classifier_config else None
+    out, problems = [], []
+    for ex in examples:
+        where = f"{ex.source}:{ex.line}"
+        if labels_ok is not None:
+            last = [m for m in ex.messages if m["role"] == "assistant"][-1].get("content", "")
+            if (last or "").strip() not in labels_ok:
+                problems.append(
+                    f"{where}: the last assistant message must be one of classifier_config.label_tokens "
+                    f"({', '.join(sorted(labels_ok))}), got {last[:40]!r}"
+                )
+                continue
+        try:
+            rendered = render(ex.messages, tok, fmt, tools=ex.tools, task=cfg.task)
+        except (FormatError, KeyError, TypeError) as e:
+            problems.append(f"{where}: cannot format: {e}")
+            continue
+        out.append(tokenize_rendered(rendered, tok))
+    if problems:
+        raise DataError(problems[:50], len(problems))
+    return out, [ex.line for ex in examples]
+
+
+def _pow2_context(lengths: list[int], model_max: int | None) -> int:
+    p95 = float(np.percentile(lengths, 95)) if lengths else MIN_CONTEXT
+    ctx = max(MIN_CONTEXT, 2 ** math.ceil(math.log2(max(p95, 1))))
+    return min(ctx, model_max) if model_max else ctx
+
+
+def _apply_length_policy(rows: list, ctx: int, policy: str) -> tuple[list, dict]:
+    kept, dropped, truncated, unsupervised = [], 0, 0, 0
+    for ids, labels in rows:
+        if len(ids) > ctx:
+            if policy == "drop":
+                dropped += 1
+                continue
+            ids, labels = ids[:ctx], labels[:ctx]
+            truncated += 1
+        if all(x == -100 for x in labels[1:]):  # the first label is never predicted
+            unsupervised += 1
+            continue
+        kept.append((ids, labels))
+    return kept, {"dropped_overlength": dropped, "truncated": truncated, "dropped_unsupervised": unsupervised}
+
+
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Best-fit-decreasing bins of example indices whose total length fits `capacity`. Deterministic."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    free: list[tuple[int, int]] = []  # (remaining capacity, bin index), sorted
+    bins: list[list[int]] = []
+    for i in order:
+        n = lengths[i]
+        k = bisect.bisect_left(free, (n, -1))
+        if k < len(free):
+            room, b = free.pop(k)
+            bins[b].append(i)
+            bisect.insort(free, (room - n, b))
+        else:
+            bins.append([i])
+            bisect.insort(free, (capacity - n, len(bins) - 1))
+    return bins
+
+
+def _to_columns(rows: list, ctx: int, packing: bool) -> tuple[dict, dict]:
+    if not packing:
+        cols = {"input_ids": [r[0] for r in rows], "labels": [r[1] for r in rows], "length": [len(r[0]) for r in rows]}
+        return cols, {}
+    bins = pack_rows([len(r[0]) for r in rows], ctx)
+    cols: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": [], "length": []}
+    for b in bins:
+        ids, labels, pos = [], [], []
+        for i in b:
+            r_ids, r_labels = rows[i]
+            ids += r_ids
+            labels += [-100] + r_labels[1:]  # no example is predicted from the previous one's last token
+            pos += list(range(len(r_ids)))
+        cols["input_ids"].append(ids)
+        cols["labels"].append(labels)
+        cols["position_ids"].append(pos)
+        cols["length"].append(len(ids))
+    fill = sum(cols["length"]) / (len(bins) * ctx) if bins else 0.0
+    return cols, {"packed_rows": len(bins), "examples_per_row": len(rows) / max(len(bins), 1), "pack_fill": fill}
+
+
+def _length_stats(lengths: list[int]) -> dict:
+    if not lengths:
+        return {}
+    a = np.asarray(lengths)
+    return {
+        "mean": float(a.mean()),
+        **{f"p{q}": float(np.percentile(a, q)) for q in (50, 90, 95, 99)},
+        "max": int(a.max()),
+        "min": int(a.min()),
+    }
+
+
+def _build(cfg: FinetuneConfig, tok: Any, model_max: int | None, target: Path, key_parts: dict) -> dict:
+    started = time.time()
+    train_rows, _ = _tokenize_all(read_examples(cfg.train_path, cfg.task), tok, cfg)
+    valid_rows = None
+    if cfg.valid_path:
+        valid_rows, _ = _tokenize_all(read_examples(cfg.valid_path, cfg.task), tok, cfg)
+    lengths = [len(r[0]) for r in train_rows]
+    ctx = cfg.context_length or _pow2_context(lengths, model_max)
+    policy = cfg.overlength if cfg.overlength != "auto" else ("truncate" if cfg.task == "causal_lm" else "drop")
+    kept, counts = _apply_length_policy(train_rows, ctx, policy)
+    supervised = sum(sum(x != -100 for x in r[1][1:]) for r in train_rows)
+    total = sum(max(len(r[0]) - 1, 0) for r in train_rows)
+    share = supervised / total if total else 0.0
+    if supervised == 0:
+        raise DataError([
+            f"{cfg.train_path}: no token is trained (0% supervised). Hint: task '{cfg.task}' trains "
+            "assistant turns only; check the roles and generation_config.prompt_format"
+        ])
+    if share >= 0.999 and cfg.task != "causal_lm":
+        raise DataError([
+            f"{cfg.train_path}: every token is trained (100% supervised) although task is '{cfg.task}'. "
+            "Hint: the prompt is being learnt too; use task: causal_lm if that is intended, else check the "
+            "assistant template"
+        ])
+    if not kept:
+        raise DataError([f"{cfg.train_path}: no example fits context_length={ctx} ({counts})"])
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    from datasets import Dataset, disable_progress_bars
+
+    disable_progress_bars()
+
+    cols, pack_stats = _to_columns(kept, ctx, cfg.packing)
+    Dataset.from_dict(cols).save_to_disk(str(tmp / "train"))
+    manifest: dict[str, Any] = {
+        "forgekit_version": __version__,
+        "cache_key": target.name,
+        "inputs": key_parts,
+        "train_path": cfg.train_path,
+        "valid_path": cfg.valid_path,
+        "task": cfg.task,
+        "context_length": ctx,
+        "context_length_derived": cfg.context_length is None,
+        "model_max_length": model_max,
+        "overlength_policy": policy,
+        "train_examples": len(train_rows),
+        "train_examples_kept": len(kept),
+        "train_rows": len(cols["input_ids"]),
+        **counts,
+        "train_tokens": int(sum(cols["length"])),
+        "token_length": _length_stats(lengths),
+        "supervised_tokens": int(supervised),
+        "supervised_share": share,
+        **pack_stats,
+    }
+    if valid_rows is not None:
+        v_kept, v_counts = _apply_length_policy(valid_rows, ctx, policy)
+        v_cols, _ = _to_columns(v_kept, ctx, False)
+        Dataset.from_dict(v_cols).save_to_disk(str(tmp / "valid"))
+        manifest.update(valid_examples=len(valid_rows), valid_rows=len(v_kept), valid_counts=v_counts)
+    tok.save_pretrained(str(tmp / "tokenizer"))
+    manifest["prepare_seconds"] = round(time.time() - started, 2)
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    if target.exists():  # another process finished first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+    return json.loads((target / "manifest.json").read_text())
+
+
+def _resolve_batch(cfg: FinetuneConfig, use_gpu: bool) -> dict[str, Any]:
+    """Per-device batch, accumulation and eval batch the run uses (only those the user left unset)."""
+    from forgekit.batching import derive_batch_sizes
+
+    out: dict[str, Any] = {}
+    if cfg.total_batch_size:
+        per_device, accum = derive_batch_sizes(cfg.total_batch_size, cfg.max_batch_size_per_device, cfg.num_devices)
+        out.update(train_batch_size_per_device=per_device, gradient_accumulation_steps=accum)
+    else:
+        if cfg.train_batch_size_per_device is None:
+            budget = GPU_TOKENS_PER_DEVICE if use_gpu else CPU_TOKENS_PER_DEVICE
+            ctx = cfg.context_length or MIN_CONTEXT
+            out["train_batch_size_per_device"] = int(min(16, max(1, 2 ** int(math.log2(max(budget // ctx, 1))))))
+        if cfg.gradient_accumulation_steps is None:
+            out["gradient_accumulation_steps"] = 1
+    if cfg.eval_batch_size_per_device is None:
+        out["eval_batch_size_per_device"] = out.get("train_batch_size_per_device", cfg.train_batch_size_per_device)
+    return out
+
+
+def _resolve(cfg: FinetuneConfig, manifest: dict, use_gpu: bool) -> FinetuneConfig:
+    values: dict[str, Any] = {}
+    if cfg.context_length is None:
+        values["context_length"] = manifest["context_length"]
+    cfg_ctx = with_derived(cfg, **values) if values else cfg
+    values.update(_resolve_batch(cfg_ctx, use_gpu))
+    if cfg.num_epochs is None:
+        per_step = (
+            values.get("train_batch_size_per_device", cfg.train_batch_size_per_device)
+            * values.get("gradient_accumulation_steps", cfg.gradient_accumulation_steps)
+            * cfg.num_devices
+        )
+        steps_per_epoch = max(1, manifest["train_rows"] // per_step)
+        values["num_epochs"] = max(1, math.ceil(cfg.min_num_update_steps / steps_per_epoch))
+    return with_derived(cfg, **values) if values else cfg
+
+
+def prepare_data(cfg: FinetuneConfig, *, use_gpu: bool | None = None, root: Path | None = None) -> PreparedData:
+    """Validate, tokenize and cache the config's data; derive unset values.
+
+    Args:
+        cfg: a validated config.
+        use_gpu: whether the run trains on GPUs (sizes the default batch); None: `cfg.use_gpu`, else whether
+            this machine has a CUDA device.
+        root: cache root (default `cache_root()`).
+
+    Raises:
+        DataError: the data has problems (each `file:line: problem`).
+        ConfigError: derived values conflict with the config (e.g. the batch-size rule cannot be met).
+    """
+    if use_gpu is None:
+        import torch
+
+        use_gpu = cfg.use_gpu if cfg.use_gpu is not None else torch.cuda.is_available()
+    try:
+        tok = load_tokenizer(cfg)
+    except FormatError as e:
+        raise ConfigError([str(e)]) from None
+    model_max = _model_max_length(cfg)
+    key, parts = _cache_key(cfg, tok, model_max)
+    target = (root or cache_root()) / "prepared" / key
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if (target / "manifest.json").exists():
+        manifest = json.loads((target / "manifest.json").read_text())
+        manifest["cache_hit"] = True
+    else:
+        manifest = _build(cfg, tok, model_max, target, parts)
+        manifest["cache_hit"] = False
+    return PreparedData(
+        train_dir=target / "train",
+        valid_dir=(target / "valid") if (target / "valid").exists() else None,
+        tokenizer_dir=target / "tokenizer",
+        manifest=manifest,
+        resolved=_resolve(cfg, manifest, use_gpu),
+        cache_dir=target,
+    )
+
+
+def collate(features: list[dict], *, pad_token_id: int, padding: str = "longest", context_length: int | None = None) -> dict:
+    """A training batch from dataset rows.
+
+    Unpacked rows are right-padded (to the longest row, or to `context_length` with `padding="max_length"`)
+    with an attention mask; labels are -100 on padding. Packed rows (with `position_ids`) are flattened into
+    one row without padding or attention mask, and `use_cache=False`: transformers then builds a block-diagonal
+    causal mask from the position ids, so no example attends to another. Real (non-pad) tokens: `count_real_tokens(batch)`.
+    """
+    import torch
+
+    if "position_ids" in features[0]:
+        cat = {k: [x for f in features for x in f[k]] for k in ("input_ids", "labels", "position_ids")}
+        batch: dict[str, Any] = {k: torch.tensor([v], dtype=torch.long) for k, v in cat.items()}
+        # transformers detects packed rows only without a KV cache: a cache would make every example see the others
+        batch["use_cache"] = False
+        return batch
+    width = max(len(f["input_ids"]) for f in features)
+    if padding == "max_length" and context_length:
+        width = max(width, context_length)
+    ids = torch.full((len(features), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(features), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(features), width), dtype=torch.long)
+    for i, f in enumerate(features):
+        n = len(f["input_ids"])
+        ids[i, :n] = torch.tensor(f["input_ids"])
+        labels[i, :n] = torch.tensor(f["labels"])
+        mask[i, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def count_real_tokens(batch: dict) -> int:
+    """Non-pad tokens in a batch made by `collate`."""
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    return int(batch["input_ids"].numel())
+
+
+def preview_data(prepared: PreparedData, n: int = 3, color: bool | None = None) -> str:
+    """Text showing `n` tokenized training rows with the trained spans marked, and the supervised share.
+
+    Trained text is shown green on a terminal (`color=True`), otherwise between ⟦ and ⟧.
+    """
+    import sys
+
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    if color is None:
+        color = sys.stdout.isatty()
+    on, off = ("\033[1;32m", "\033[0m") if color else ("⟦", "⟧")
+    tok = AutoTokenizer.from_pretrained(str(prepared.tokenizer_dir))
+    ds = load_from_disk(str(prepared.train_dir))
+    m = prepared.manifest
+    out = [
+        f"{m['train_rows']} training rows from {m['train_examples']} examples; context_length {m['context_length']}; "
+        f"{m['supervised_share']:.1%} of tokens are trained (marked {on}like this{off}).",
+    ]
+    for i in range(min(n, len(ds))):
+        row = ds[i]
+        ids, labels = row["input_ids"], row["labels"]
+        sup = sum(x != -100 for x in labels)
+        out.append(f"\n--- row {i}: {len(ids)} tokens, {sup} trained ({sup / max(len(ids), 1):.1%}) ---")
+        text, run, trained = [], [], None
+        for tid, lab in zip(ids, labels):
+            t = lab != -100
+            if trained is not None and t != trained:
+                piece = tok.decode(run)
+                text.append(f"{on}{piece}{off}" if trained else piece)
+                run = []
+            run.append(tid)
+            trained = t
+        if run:
+            piece = tok.decode(run)
+            text.append(f"{on}{piece}{off}" if trained else piece)
+        out.append("".join(text))
+    return "\n".join(out)
