@@ -12,6 +12,7 @@ for the hardware) are filled by `forgekit.prepare.prepare_data`, which returns a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import os
@@ -376,13 +377,22 @@ def load_config(
         # for `Model | str` unions, the str branch's complaint is noise when the model branch explains more
         model_branch = {err["loc"][: err["loc"].index("PromptFormatConfig")] for err in errors if "PromptFormatConfig" in err["loc"]}
         model_branch |= {err["loc"][: err["loc"].index("function-after[_slots(), PromptFormatConfig]")] for err in errors if "function-after[_slots(), PromptFormatConfig]" in err["loc"]}
-        errors = [err for err in errors if not (err["loc"][-1] == "str" and err["loc"][:-1] in model_branch)]
+        errors = [err for err in errors if not (err["loc"] and err["loc"][-1] == "str" and err["loc"][:-1] in model_branch)]
         problems = []
         for err in errors:
             text = _describe(err, FinetuneConfig)
             # cross-field checks arrive as one " | "-joined message at the top level
             problems.extend(text.split(" | ") if text.startswith("(top level)") else [text])
         problems = [p.removeprefix("(top level): ") for p in problems]
+        if all(err["loc"] for err in errors):
+            # pydantic skips the cross-field checks when a field is invalid; run them on the raw values too
+            raw = FinetuneConfig.model_construct(**{k: v for k, v in data.items() if k in FinetuneConfig.model_fields})
+            # TypeError/AttributeError: raw values too broken to compare; the field errors already say why
+            with contextlib.suppress(TypeError, AttributeError):
+                try:
+                    FinetuneConfig._cross_field(raw)
+                except ValueError as x:
+                    problems.extend(str(x).split(" | "))
         raise ConfigError(problems, name) from None
     if cfg.task == "preference_tuning":
         raise ConfigError(["task: preference_tuning is accepted by the schema but not yet supported"], name)

@@ -133,8 +133,15 @@ def _read_text(path: str) -> str:
     if "://" in path and not path.startswith("file://"):
         import fsspec
 
-        with fsspec.open(path, "rt", encoding="utf-8") as f:
-            return f.read()
+        try:
+            with fsspec.open(path, "rt", encoding="utf-8") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise DataError([f"{path}: file not found"]) from None
+        except ImportError as e:  # the protocol's fsspec backend (s3fs, gcsfs, aiohttp, ...) is not installed
+            raise DataError([f"{path}: cannot read: {e}"]) from None
+        except OSError as e:
+            raise DataError([f"{path}: cannot read: {e}"]) from None
     local = Path(path.removeprefix("file://"))
     if not local.exists():
         raise DataError([f"{path}: file not found"])

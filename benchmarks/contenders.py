@@ -1,0 +1,336 @@
+"""One benchmark contender in one process: train the shared workload for a fixed step count and time it.
+
+Run by ``benchmarks/run.py`` (one child process per contender and repeat, so memory peaks and compile
+caches never leak between contenders)::
+
+    python benchmarks/contenders.py CONTENDER --spec spec.json --out result.json
+
+Contenders:
+
+- ``hf``: plain transformers ``Trainer`` + peft, the usual recipe: batches padded to the longest example,
+  SDPA, gradient checkpointing on every layer, bf16, fused AdamW.
+- ``trl``: TRL ``SFTTrainer`` with best-fit-decreasing packing (padding-free rows of ``max_length``).
+- ``levers:k=v,...``: transformers ``Trainer`` on forgekit's packed rows and collate with forgekit.perf's
+  levers (``attn``, ``liger``, ``ckpt`` period, ``compile``, ``rows`` per micro-batch, ``pad`` multiple):
+  the worker's training step without Ray and DeepSpeed, to measure each lever.
+- ``forgekit``: ``forgekit finetune`` on a generated YAML (Ray worker + DeepSpeed), timed from outside.
+- ``seqlen:n=...,k=v``: one sequence of ``n`` tokens at batch 1, two steps: does it fit, and how fast.
+
+Each writes a JSON result: per-step wall times and cumulative real (non-pad) tokens, the logged losses,
+time to first step (from the parent's spawn time, ``FKB_T0``), peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+T0 = float(os.environ.get("FKB_T0", time.time()))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def parse_options(text: str) -> dict[str, str]:
+    """``"attn=sdpa,liger=1"`` -> ``{"attn": "sdpa", "liger": "1"}``."""
+    out = {}
+    for part in filter(None, text.split(",")):
+        if "=" not in part:
+            raise ValueError(f"contender option {part!r} is not key=value")
+        k, v = part.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+class TokenMeter:
+    """Counts real tokens per forward pass: the collator queues each batch's count, the model pops it."""
+
+    def __init__(self) -> None:
+        self.pending: deque[int] = deque()
+        self.total = 0
+
+    def wrap(self, collate: Any) -> Any:
+        def counted(features: list[dict]) -> dict:
+            batch = collate(features)
+            self.pending.append(sum(len(f["input_ids"]) for f in features))
+            return batch
+
+        return counted
+
+    def hook(self, module: Any, args: Any, kwargs: Any) -> None:
+        if module.training and self.pending:
+            self.total += self.pending.popleft()
+
+
+def _callback(meter: TokenMeter, record: dict) -> Any:
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            _sync()
+            now = time.time()
+            if not record["times"]:
+                record["t_first_step"] = now - T0
+            record["times"].append(now)
+            record["tokens"].append(meter.total)
+
+    return Clock()
+
+
+def _lora_config(spec: dict) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(task_type="CAUSAL_LM", **spec["lora"])
+
+
+def _load_model(spec: dict, attn: str) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cuda = spec["device"] == "cuda"
+    return AutoModelForCausalLM.from_pretrained(
+        spec["model_dir"],
+        dtype=torch.bfloat16 if cuda else torch.float32,
+        attn_implementation=attn,
+        device_map="cuda" if cuda else None,
+    )
+
+
+def _rows(spec: dict, tok: Any) -> list[dict]:
+    from workload import tokenize
+
+    lines = Path(spec["data"]).read_text().splitlines()
+    return tokenize(tok, [json.loads(x) for x in lines], spec["max_length"])
+
+
+def _train_args(spec: dict, out: str, **kw: Any) -> dict:
+    cuda = spec["device"] == "cuda"
+    return {
+        "output_dir": out,
+        "max_steps": spec["steps"],
+        "learning_rate": spec["lr"],
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "bf16": cuda,
+        "use_cpu": not cuda,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": [],
+        "seed": spec["seed"],
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,  # the token meter's queue needs the collator in this process
+        **kw,
+    }
+
+
+def _finish(trainer: Any, record: dict, meter: TokenMeter) -> dict:
+    import torch
+
+    record["losses"] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    record["grad_norms"] = [h.get("grad_norm") for h in trainer.state.log_history if "loss" in h]
+    if torch.cuda.is_available():
+        record["peak_alloc_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        record["peak_reserved_gb"] = torch.cuda.max_memory_reserved() / 2**30
+    return record
+
+
+def run_hf(spec: dict, opts: dict) -> dict:
+    """transformers Trainer + peft, padded to the longest example in each batch."""
+    from datasets import Dataset
+    from peft import get_peft_model
+    from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    tok = AutoTokenizer.from_pretrained(spec["model_dir"])
+    rows = _rows(spec, tok)
+    batch = int(opts.get("batch", 4))
+    mean_len = sum(len(r["input_ids"]) for r in rows) / len(rows)
+    accum = max(1, round(spec["tokens_per_step"] / (batch * mean_len)))
+    model = get_peft_model(_load_model(spec, opts.get("attn", "sdpa")), _lora_config(spec))
+    meter, record = TokenMeter(), {"times": [], "tokens": [], "config": {"batch": batch, "accum": accum}}
+    model.register_forward_pre_hook(meter.hook, with_kwargs=True)
+    collate = DataCollatorForSeq2Seq(tok, padding="longest", label_pad_token_id=-100)
+    args = TrainingArguments(**_train_args(spec, spec["tmp"], per_device_train_batch_size=batch,
+                                           gradient_accumulation_steps=accum,
+                                           gradient_checkpointing=opts.get("ckpt", "1") == "1"))
+    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                      data_collator=meter.wrap(collate), callbacks=[_callback(meter, record)])
+    trainer.train()
+    return _finish(trainer, record, meter)
+
+
+def run_trl(spec: dict, opts: dict) -> dict:
+    """TRL SFTTrainer with BFD packing (padding-free), LoRA through its ``peft_config``."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    tok = AutoTokenizer.from_pretrained(spec["model_dir"])
+    rows = _rows(spec, tok)
+    batch = int(opts.get("batch", 2))
+    accum = max(1, round(spec["tokens_per_step"] / (batch * spec["max_length"])))
+    meter, record = TokenMeter(), {"times": [], "tokens": [], "config": {"batch": batch, "accum": accum}}
+    cfg = SFTConfig(**_train_args(spec, spec["tmp"], per_device_train_batch_size=batch,
+                                  gradient_accumulation_steps=accum, gradient_checkpointing=True,
+                                  max_length=spec["max_length"], packing=True, packing_strategy="bfd",
+                                  use_liger_kernel=opts.get("liger", "0") == "1"))
+    trainer = SFTTrainer(model=_load_model(spec, opts.get("attn", "sdpa")), args=cfg,
+                         train_dataset=Dataset.from_list(rows), processing_class=tok,
+                         peft_config=_lora_config(spec))
+    trainer.data_collator = meter.wrap(trainer.data_collator)
+    trainer.add_callback(_callback(meter, record))
+    trainer.model.register_forward_pre_hook(meter.hook, with_kwargs=True)
+    trainer.train()
+    return _finish(trainer, record, meter)
+
+
+def _packed_dataset(rows: list[dict], capacity: int) -> Any:
+    """forgekit's best-fit-decreasing packing: rows of <= capacity tokens with per-example position ids."""
+    from datasets import Dataset
+
+    from forgekit.prepare import pack_rows
+
+    packed: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": []}
+    for b in pack_rows([len(r["input_ids"]) for r in rows], capacity):
+        ids, labels, pos = [], [], []
+        for i in b:
+            ids += rows[i]["input_ids"]
+            labels += [-100] + rows[i]["labels"][1:]
+            pos += list(range(len(rows[i]["input_ids"])))
+        packed["input_ids"].append(ids)
+        packed["labels"].append(labels)
+        packed["position_ids"].append(pos)
+    return Dataset.from_dict(packed)
+
+
+def run_levers(spec: dict, opts: dict) -> dict:
+    """forgekit's training step (packed rows, forgekit.perf levers) in a plain Trainer, no Ray/DeepSpeed."""
+    from peft import get_peft_model
+    from transformers import AutoTokenizer, Trainer, TrainingArguments
+
+    from forgekit import perf
+    from forgekit.prepare import collate
+
+    cuda = spec["device"] == "cuda"
+    tok = AutoTokenizer.from_pretrained(spec["model_dir"])
+    rows = _rows(spec, tok)
+    per_batch = int(opts.get("rows", 4))
+    accum = max(1, round(spec["tokens_per_step"] / (per_batch * spec["max_length"])))
+    attn = perf.pick_attention(opts.get("attn", "auto"), packing=True, on_gpu=cuda)
+    model = _load_model(spec, attn)
+    liger = opts.get("liger", "1") == "1" and perf.apply_liger(model)
+    model = get_peft_model(model, _lora_config(spec))
+    ckpt_layers = perf.set_activation_checkpointing(model, int(opts.get("ckpt", "1")))
+    compiled = perf.compile_decoder_layers(model) if opts.get("compile", "0") == "1" else 0
+    pad = int(opts.get("pad", "0"))
+    pad_id = tok.pad_token_id
+
+    def collate_fn(features: list[dict]) -> dict:
+        batch = collate(features, pad_token_id=pad_id)
+        return perf.pad_packed_batch(batch, pad, pad_id) if pad > 1 else batch
+
+    meter = TokenMeter()
+    record = {"times": [], "tokens": [], "config": {"rows": per_batch, "accum": accum, "attn": attn,
+                                                    "liger": liger, "ckpt_layers": ckpt_layers,
+                                                    "compiled_layers": compiled, "pad": pad}}
+    model.register_forward_pre_hook(meter.hook, with_kwargs=True)
+    args = TrainingArguments(**_train_args(spec, spec["tmp"], per_device_train_batch_size=per_batch,
+                                           gradient_accumulation_steps=accum, gradient_checkpointing=False,
+                                           optim=perf.fused_optimizer_name(cuda),
+                                           remove_unused_columns=False))
+    trainer = Trainer(model=model, args=args, train_dataset=_packed_dataset(rows, spec["max_length"]),
+                      data_collator=meter.wrap(collate_fn), callbacks=[_callback(meter, record)])
+    trainer.train()
+    return _finish(trainer, record, meter)
+
+
+def run_seqlen(spec: dict, opts: dict) -> dict:
+    """Two LoRA steps on one sequence of ``n`` random tokens at batch 1 (longest-sequence probe)."""
+    import torch
+    from peft import get_peft_model
+
+    from forgekit import perf
+
+    n = int(opts["n"])
+    attn = opts.get("attn", "sdpa")
+    model = _load_model(spec, attn)
+    if opts.get("liger", "1") == "1":
+        perf.apply_liger(model)
+    model = get_peft_model(model, _lora_config(spec))
+    perf.set_activation_checkpointing(model, int(opts.get("ckpt", "1")))
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=True)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 49152, (1, n), generator=g).cuda()
+    record: dict[str, Any] = {"times": [], "tokens": [], "losses": [], "config": {"n": n, "attn": attn}}
+    for _ in range(2):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        _sync()
+        record["times"].append(time.time())
+        record["tokens"].append(n * len(record["times"]))
+        record["losses"].append(float(loss))
+    record["t_first_step"] = record["times"][0] - T0
+    record["peak_alloc_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    record["peak_reserved_gb"] = torch.cuda.max_memory_reserved() / 2**30
+    return record
+
+
+def run_save_model(spec: dict, opts: dict) -> dict:
+    """Build and save the random model the contenders load (not a contender)."""
+    from workload import save_random_model
+
+    started = time.time()
+    save_random_model(spec["model_name"], Path(spec["tokenizer_dir"]), Path(spec["model_dir"]),
+                      seed=spec["seed"], device=spec["device"])
+    return {"seconds": time.time() - started}
+
+
+RUNNERS = {"hf": run_hf, "trl": run_trl, "levers": run_levers, "seqlen": run_seqlen, "save-model": run_save_model}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one contender and write its JSON result (with the error, if it failed)."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("contender")
+    p.add_argument("--spec", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    a = p.parse_args(argv)
+    name, _, option_text = a.contender.partition(":")
+    if name == "forgekit":
+        from forgekit_contender import run_forgekit
+
+        RUNNERS["forgekit"] = run_forgekit
+    if name not in RUNNERS:
+        p.error(f"unknown contender {name!r}; choose from {sorted(RUNNERS)} or forgekit")
+    spec = json.loads(a.spec.read_text())
+    spec.setdefault("tmp", str(a.out.parent / f"tmp-{os.getpid()}"))
+    result: dict[str, Any] = {"contender": a.contender}
+    try:
+        result.update(RUNNERS[name](spec, parse_options(option_text)))
+        result["ok"] = True
+    except Exception as e:  # the parent reports the failure and goes on with the next contender
+        result.update(ok=False, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:])
+        print(result["traceback"], file=sys.stderr)
+    a.out.write_text(json.dumps(result))
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

