@@ -10,7 +10,10 @@ turns it off in training, nothing else does) transformers 5.x skips the packed-s
 every example attends to the ones before it. Two control rows show what contamination looks like: the
 default ``use_cache``, and an all-ones attention mask (which also switches the detection off).
 
-    python benchmarks/check_packing.py [--device cuda] [--impls sdpa,eager,flex_attention]
+    python benchmarks/check_packing.py [--device cuda] [--impls sdpa,eager,flex_attention,forgekit_varlen]
+
+``forgekit_varlen`` is PyTorch's variable-length FlashAttention registered by ``forgekit.perf`` (on a CPU it
+runs one SDPA call per document).
 """
 
 from __future__ import annotations
@@ -18,9 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from forgekit import perf
 
 
 def make_model(dtype: torch.dtype, attn: str, device: str) -> LlamaForCausalLM:
@@ -69,8 +76,10 @@ def compare(attn: str, dtype: torch.dtype, device: str, ones_mask: bool = False,
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--impls", default="sdpa,eager,flex_attention")
+    p.add_argument("--impls", default="sdpa,eager,flex_attention,forgekit_varlen")
+    p.add_argument("--out", default=None, help="also write the rows as JSON here")
     a = p.parse_args()
+    perf.register_varlen_attention()
     import transformers
 
     print(f"transformers {transformers.__version__}, torch {torch.__version__}, device {a.device}")
@@ -79,7 +88,7 @@ def main() -> int:
         for dtype in (torch.float32, torch.bfloat16):
             try:
                 rows.append(compare(attn, dtype, a.device))
-            except Exception as e:  # report and go on: the point is which paths work
+            except Exception as e:  # noqa: BLE001 - report and go on: the point is which paths work
                 rows.append({"attn": attn, "dtype": str(dtype), "error": f"{type(e).__name__}: {e}"[:300]})
     rows.append(compare("sdpa", torch.float32, a.device, ones_mask=True))
     rows.append(compare("sdpa", torch.float32, a.device, use_cache=None))
@@ -92,6 +101,10 @@ def main() -> int:
     rows.append({"attn": "sdpa", "dtype": "bf16 vs fp32 (unpacked)", "rel_loss_diff": abs(l16 - l32) / l32})
     for r in rows:
         print(json.dumps(r))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump({"transformers": transformers.__version__, "torch": torch.__version__, "device": a.device,
+                       "rows": rows}, f, indent=1)
     return 0
 
 

@@ -11,10 +11,11 @@ Contenders:
   SDPA, gradient checkpointing on every layer, bf16, fused AdamW.
 - ``trl``: TRL ``SFTTrainer`` with best-fit-decreasing packing (padding-free rows of ``max_length``).
 - ``levers:k=v,...``: transformers ``Trainer`` on forgekit's packed rows and collate with forgekit.perf's
-  levers (``attn``, ``liger``, ``ckpt`` period, ``compile``, ``rows`` per micro-batch, ``pad`` multiple):
-  the worker's training step without Ray and DeepSpeed, to measure each lever.
-- ``forgekit``: ``forgekit finetune`` on a generated YAML (Ray worker + DeepSpeed), timed from outside.
-- ``seqlen:n=...,k=v``: one sequence of ``n`` tokens at batch 1, two steps: does it fit, and how fast.
+  levers (``attn`` (default auto: forgekit_varlen on a GPU), ``liger`` (1 on GPU), ``ckpt`` period (1),
+  ``compile`` (0), ``rows`` per micro-batch (4), ``pad`` multiple (0)): the worker's training step
+  without Ray and DeepSpeed, to tell the levers' gain from the cost of the real path.
+- ``forgekit``: ``forgekit finetune`` on a generated YAML (Ray worker + DeepSpeed), timed from outside
+  (``benchmarks/forgekit_contender.py``).
 
 Each writes a JSON result: per-step wall times and cumulative real (non-pad) tokens, the logged losses,
 time to first step (from the parent's spawn time, ``FKB_T0``), peak memory.
@@ -79,7 +80,7 @@ def _callback(meter: TokenMeter, record: dict) -> Any:
     from transformers import TrainerCallback
 
     class Clock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        def on_step_end(self, args, state, control, **kwargs):
             _sync()
             now = time.time()
             if not record["times"]:
@@ -232,16 +233,21 @@ def run_levers(spec: dict, opts: dict) -> dict:
     accum = max(1, round(spec["tokens_per_step"] / (per_batch * spec["max_length"])))
     attn = perf.pick_attention(opts.get("attn", "auto"), packing=True, on_gpu=cuda)
     model = _load_model(spec, attn)
-    liger = opts.get("liger", "1") == "1" and perf.apply_liger(model)
+    model.config.use_cache = False
+    liger = opts.get("liger", "1" if cuda else "0") == "1" and perf.apply_liger(model)
     model = get_peft_model(model, _lora_config(spec))
     ckpt_layers = perf.set_activation_checkpointing(model, int(opts.get("ckpt", "1")))
     compiled = perf.compile_decoder_layers(model) if opts.get("compile", "0") == "1" else 0
     pad = int(opts.get("pad", "0"))
-    pad_id = tok.pad_token_id
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     def collate_fn(features: list[dict]) -> dict:
         batch = collate(features, pad_token_id=pad_id)
-        return perf.pad_packed_batch(batch, pad, pad_id) if pad > 1 else batch
+        if pad > 1:
+            batch = perf.pad_packed_batch(batch, pad, pad_id)
+        if attn == perf.VARLEN:  # document boundaries once, on the CPU, for every layer
+            batch |= perf.varlen_kwargs(batch["position_ids"])
+        return batch
 
     meter = TokenMeter()
     record = {"times": [], "tokens": [], "config": {"rows": per_batch, "accum": accum, "attn": attn,
@@ -258,40 +264,6 @@ def run_levers(spec: dict, opts: dict) -> dict:
     return _finish(trainer, record, meter)
 
 
-def run_seqlen(spec: dict, opts: dict) -> dict:
-    """Two LoRA steps on one sequence of ``n`` random tokens at batch 1 (longest-sequence probe)."""
-    import torch
-    from peft import get_peft_model
-
-    from forgekit import perf
-
-    n = int(opts["n"])
-    attn = opts.get("attn", "sdpa")
-    model = _load_model(spec, attn)
-    if opts.get("liger", "1") == "1":
-        perf.apply_liger(model)
-    model = get_peft_model(model, _lora_config(spec))
-    perf.set_activation_checkpointing(model, int(opts.get("ckpt", "1")))
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=True)
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 49152, (1, n), generator=g).cuda()
-    record: dict[str, Any] = {"times": [], "tokens": [], "losses": [], "config": {"n": n, "attn": attn}}
-    for _ in range(2):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        _sync()
-        record["times"].append(time.time())
-        record["tokens"].append(n * len(record["times"]))
-        record["losses"].append(float(loss))
-    record["t_first_step"] = record["times"][0] - T0
-    record["peak_alloc_gb"] = torch.cuda.max_memory_allocated() / 2**30
-    record["peak_reserved_gb"] = torch.cuda.max_memory_reserved() / 2**30
-    return record
-
-
 def run_save_model(spec: dict, opts: dict) -> dict:
     """Build and save the random model the contenders load (not a contender)."""
     from workload import save_random_model
@@ -302,7 +274,7 @@ def run_save_model(spec: dict, opts: dict) -> dict:
     return {"seconds": time.time() - started}
 
 
-RUNNERS = {"hf": run_hf, "trl": run_trl, "levers": run_levers, "seqlen": run_seqlen, "save-model": run_save_model}
+RUNNERS = {"hf": run_hf, "trl": run_trl, "levers": run_levers, "save-model": run_save_model}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result.update(RUNNERS[name](spec, parse_options(option_text)))
         result["ok"] = True
-    except Exception as e:  # the parent reports the failure and goes on with the next contender
+    except Exception as e:  # noqa: BLE001 - the parent reports the failure and goes on with the next contender
         result.update(ok=False, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:])
         print(result["traceback"], file=sys.stderr)
     a.out.write_text(json.dumps(result))

@@ -34,9 +34,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from workload import length_stats, make_examples, model_config, tokenize, write_jsonl  # noqa: E402
+from workload import length_stats, make_examples, model_config, tokenize, write_jsonl
 
-from forgekit.flops import mfu, model_flops_per_token, peak_tflops  # noqa: E402
+from forgekit.flops import mfu, model_flops_per_token, peak_tflops
 
 
 class MemoryPoller:
@@ -52,10 +52,10 @@ class MemoryPoller:
             self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
             self._nvml = pynvml
             self.baseline = pynvml.nvmlDeviceGetMemoryInfo(self._handle).used / 2**30
-        except Exception:
+        except Exception:  # noqa: BLE001 - no NVML (CPU host, or no driver): no device-wide peak
             self._nvml = None
 
-    def __enter__(self) -> MemoryPoller:
+    def __enter__(self) -> MemoryPoller:  # noqa: PYI034
         if self._nvml:
             self.peak = 0.0
             self._thread = threading.Thread(target=self._poll, daemon=True)
@@ -68,7 +68,7 @@ class MemoryPoller:
             self.peak = max(self.peak or 0.0, used)
             time.sleep(0.2)
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         if self._nvml:
             self._thread.join()
@@ -132,7 +132,7 @@ def run_child(contender: str, work: Path, tag: str, timeout: int) -> dict:
     started = time.time()
     with MemoryPoller() as mem, open(work / f"{tag}.log", "w") as log:
         try:
-            proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
+            proc = subprocess.run(cmd, check=False, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
             rc = proc.returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
@@ -201,16 +201,16 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "",
         f"Command: `{meta['command']}`",
         "",
-        f"Data: {meta['data_stats']['n']} synthetic chat examples, token lengths median "
+        (f"Data: {meta['data_stats']['n']} synthetic chat examples, token lengths median "
         f"{meta['data_stats']['p50']}, p95 {meta['data_stats']['p95']}, mean {meta['data_stats']['mean']:.0f}, "
         f"max {meta['data_stats']['max']}; {meta['steps']} optimizer steps of ~{meta['tokens_per_step']} real "
         f"tokens; LoRA r=16 on all linear layers; lr {meta['lr']} constant. MFU counts "
         f"{meta['flops_per_token'] / 1e9:.2f} GFLOP/token (4N + attention at the token-weighted mean length "
         f"{meta['data_stats']['token_weighted_mean']:.0f}) against {meta['peak_tflops']} TFLOP/s. "
-        f"Medians of {meta['repeats']} runs. {meta['versions']}",
+        f"Medians of {meta['repeats']} runs. {meta['versions']}"),
         "",
-        "| contender | real tokens/s | vs hf | MFU | peak alloc GB | peak GPU GB (NVML) | first step s "
-        "| tokens/step | loss first → last-3 | runs ok |",
+        ("| contender | real tokens/s | vs hf | MFU | peak alloc GB | peak GPU GB (NVML) | first step s "
+         "| tokens/step | loss first → last-3 | runs ok |"),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
 

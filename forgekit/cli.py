@@ -72,8 +72,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from forgekit.train import finetune
 
-    cfg = _load(args)
-    result = finetune(cfg, address=args.address)
+    result = finetune(args.config, args.overrides, default=args.default, address=args.address)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
@@ -125,7 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    # dotted overrides may also follow options (`preview-data cfg.yaml -n 1 context_length=512`)
+    if rest and hasattr(args, "overrides") and all("=" in r and not r.startswith("-") for r in rest):
+        args.overrides = [*args.overrides, *rest]
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    from forgekit.train import TrainingError
+
     try:
         return args.func(args) or 0
     except USER_ERRORS as e:
@@ -133,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TrainingError as e:
+        if os.environ.get("FORGEKIT_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
         return 130

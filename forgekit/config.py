@@ -222,7 +222,13 @@ class FinetuneConfig(_Strict):
             problems.append("initial_adapter_model_ckpt_path needs lora_config (an adapter continues as LoRA)")
         if self.max_batch_size_per_device and not self.total_batch_size:
             problems.append("max_batch_size_per_device is only used together with total_batch_size")
-        if self.total_batch_size and (self.train_batch_size_per_device or self.gradient_accumulation_steps):
+        per_device, accumulation = self.train_batch_size_per_device, self.gradient_accumulation_steps
+        # both present and multiplying out to the total is what a resolved config holds (the values derived
+        # from total_batch_size), so the run directory's config.yaml and the worker's re-validation pass
+        derived_from_total = per_device and accumulation and per_device * accumulation * self.num_devices == (
+            self.total_batch_size
+        )
+        if self.total_batch_size and (per_device or accumulation) and not derived_from_total:
             problems.append(
                 "total_batch_size derives train_batch_size_per_device and gradient_accumulation_steps: "
                 "set either total_batch_size (+ max_batch_size_per_device) or those two, not both"

@@ -146,6 +146,15 @@ def _flatten(messages: list[dict], tools: list | None) -> list[dict]:
     return flatten_tool_messages(messages, tools)
 
 
+def _generation_prefix(prefix: str) -> str:
+    """The generation prompt when `trailing_assistant` is unset: the assistant prefix without trailing spaces.
+
+    A space before the reply belongs to the reply's first token (`▁Hello`, `Ġ4`), which is what the model
+    learnt to produce; a prompt ending in a space would make it start from a token it never saw there.
+    """
+    return _fill(prefix, "").rstrip(" ")
+
+
 def _render_roles(
     messages: list[dict], fmt: PromptFormatConfig, eos: str, task: str, add_generation_prompt: bool, train_last_only: bool
 ) -> Rendered:
@@ -174,7 +183,7 @@ def _render_roles(
         else:
             raise FormatError(f"role '{role}' has no template (role templates know system, user, assistant)")
     if add_generation_prompt:
-        text += fmt.trailing_assistant or _fill(prefix, "")
+        text += fmt.trailing_assistant or _generation_prefix(prefix)
     if task == "causal_lm":
         if not suffix and not text.endswith(eos) and eos:
             text += eos
@@ -249,18 +258,21 @@ def render(
 def tokenize_rendered(rendered: Rendered, tokenizer: Any) -> tuple[list[int], list[int]]:
     """Token ids and labels (-100 where not trained) for a rendered conversation.
 
-    A token is trained when its first character lies inside a trained span. Special tokens written in the
-    text (e.g. `<|im_start|>`) are recognised as such; no BOS/EOS is added beyond what the format wrote.
+    A token is trained when any of its characters lies inside a trained span, so every character of a trained
+    span is produced by a trained token. (SentencePiece-style tokenizers, e.g. Mistral's, fold the space
+    before a word into the word's token: `[/INST] Hello` gives `▁Hello` starting at the space, outside the
+    span; testing only the token's first character would never train the first word of a reply.) Special
+    tokens written in the text (e.g. `<|im_start|>`) are recognised as such; no BOS/EOS is added beyond what
+    the format wrote.
     """
     enc = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     labels = [-100] * len(ids)
-    spans = rendered.spans
-    for k, (start, _end) in enumerate(enc["offset_mapping"]):
-        for s, e in spans:
-            if s <= start < e:
-                labels[k] = ids[k]
-                break
+    spans = [(s, e) for s, e in rendered.spans if e > s]  # an empty span trains nothing
+    for k, (start, end) in enumerate(enc["offset_mapping"]):
+        end = max(end, start + 1)  # a zero-width token counts at its position
+        if any(start < e and end > s for s, e in spans):
+            labels[k] = ids[k]
     return ids, labels
 
 
@@ -305,6 +317,8 @@ def role_format_to_jinja(fmt: PromptFormatConfig) -> str:
         + _jinja_template(prefix, "''") + "{{ m['content'] }}" + _jinja_template(suffix, "''") + close,
         "{%- endif -%}",
         "{%- endfor -%}",
-        "{%- if add_generation_prompt -%}" + _lit(fmt.trailing_assistant or prefix) + "{%- endif -%}",
+        "{%- if add_generation_prompt -%}"
+        + _lit(fmt.trailing_assistant or _generation_prefix(prefix))
+        + "{%- endif -%}",
     ]
     return "".join(parts)

@@ -3,13 +3,18 @@
 Each function does one thing to a model already loaded (before or after peft wraps it) or to a batch, and
 reports what it did; none changes what the model computes beyond floating-point rounding:
 
+- :func:`pick_attention`: the attention implementation for a run. Packed rows are one flattened row per
+  micro-batch with per-example ``position_ids`` and no attention mask; transformers (>= 5.0) then keeps the
+  examples apart: ``sdpa`` and ``eager`` through a dense block-diagonal mask (cost and memory grow with the
+  row's length squared), ``flex_attention`` through a block-sparse document mask, and ``forgekit_varlen``
+  (registered by :func:`register_varlen_attention`) through PyTorch's variable-length FlashAttention, whose
+  cost grows with each example's own length and which needs no mask at all.
+- :func:`varlen_kwargs`: per-row boundaries of a packed batch, computed once on the CPU in the collate
+  function so that no layer has to derive them on the GPU (no host sync, compile-friendly).
 - :func:`apply_liger`: Liger's Triton kernels (RMSNorm, SwiGLU, RoPE, fused linear + cross-entropy, which
   never materialises the ``tokens x vocab`` logits).
-- :func:`pick_attention`: the attention implementation for a run. Packed rows carry per-example
-  ``position_ids`` and no attention mask; transformers (>= 5.0) then derives a block-diagonal causal mask
-  from the position ids for ``sdpa``, ``eager`` and ``flex_attention``. Only ``flex_attention`` skips the
-  masked blocks (cost grows with each example's length, not the row's), so it is the choice for packing.
-- :func:`set_activation_checkpointing`: checkpoint every k-th decoder layer (selective) instead of all.
+- :func:`set_activation_checkpointing`: checkpoint every k-th decoder layer (selective) instead of all;
+  :func:`checkpoint_period` picks k from a memory estimate.
 - :func:`compile_decoder_layers`: ``torch.compile`` each decoder layer in place.
 - :func:`pad_packed_batch`: pad a flattened packed batch to a multiple of a block size (fewer recompiles).
 - :func:`fused_optimizer_name`: the fused AdamW of PyTorch where it is available.
@@ -17,20 +22,34 @@ reports what it did; none changes what the model computes beyond floating-point 
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import logging
+import math
 from typing import Any
 
 log = logging.getLogger("forgekit")
 
 __all__ = [
+    "VARLEN",
+    "activation_bytes_per_token",
     "apply_liger",
-    "pick_attention",
-    "decoder_layers",
-    "set_activation_checkpointing",
+    "checkpoint_period",
     "compile_decoder_layers",
-    "pad_packed_batch",
+    "decoder_layers",
     "fused_optimizer_name",
+    "pad_packed_batch",
+    "pick_attention",
+    "register_varlen_attention",
+    "set_activation_checkpointing",
+    "varlen_attention_forward",
+    "varlen_available",
+    "varlen_kwargs",
 ]
+
+#: The transformers ``attn_implementation`` name under which :func:`register_varlen_attention` registers
+#: PyTorch's variable-length FlashAttention.
+VARLEN = "forgekit_varlen"
 
 
 def _base_model(model: Any) -> Any:
@@ -70,21 +89,197 @@ def apply_liger(model: Any, **kwargs: Any) -> bool:
     return True
 
 
+def varlen_available() -> bool:
+    """Whether PyTorch's variable-length FlashAttention (``torch.nn.attention.varlen``) can run here (CUDA)."""
+    import torch
+
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
 def pick_attention(requested: str, *, packing: bool, on_gpu: bool) -> str:
     """The attention implementation to load the model with.
 
     Args:
-        requested: the config's ``attn_implementation``; ``"auto"`` lets forgekit choose.
+        requested: the config's ``attn_implementation``: a transformers name, ``"varlen"`` (PyTorch's
+            variable-length FlashAttention, registered on demand) or ``"auto"`` to let forgekit choose.
         packing: whether batches are packed rows (per-example position ids, no attention mask).
         on_gpu: whether the worker trains on a CUDA device.
 
     Returns:
-        ``requested`` unchanged unless it is ``"auto"``; for ``"auto"``: ``"flex_attention"`` for packed
-        batches on a GPU (block-sparse document mask, cost per example), else ``"sdpa"``.
+        The name to pass as ``attn_implementation``. ``"auto"`` gives :data:`VARLEN` on a GPU with
+        ``torch.nn.attention.varlen`` (packed or padded batches alike: padding is removed before the kernel),
+        else ``"flex_attention"`` for packed batches on a GPU, else ``"sdpa"``.
     """
+    if requested == "varlen" or requested == VARLEN:
+        return register_varlen_attention()
     if requested != "auto":
         return requested
+    if on_gpu and varlen_available():
+        return register_varlen_attention()
     return "flex_attention" if packing and on_gpu else "sdpa"
+
+
+def register_varlen_attention() -> str:
+    """Register :func:`varlen_attention_forward` with transformers under :data:`VARLEN`; idempotent.
+
+    Returns:
+        :data:`VARLEN`, to pass as ``attn_implementation`` to ``from_pretrained`` or
+        ``model.set_attn_implementation``.
+    """
+    from transformers import AttentionInterface
+
+    try:
+        from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+    except ImportError:  # older transformers: no mask registry, the 2D mask reaches the function as is
+        AttentionMaskInterface = flash_attention_mask = None
+    AttentionInterface.register(VARLEN, varlen_attention_forward)
+    if AttentionMaskInterface is not None:
+        # the FlashAttention mask rule: None when there is no padding, else the 2D padding mask
+        AttentionMaskInterface.register(VARLEN, flash_attention_mask)
+    return VARLEN
+
+
+def varlen_kwargs(position_ids: Any) -> dict:
+    """Document boundaries of a packed batch as the keyword arguments transformers passes to attention.
+
+    A new document starts at every row start and wherever a position id is not the previous one plus one
+    (the rule transformers uses to detect packed rows). Compute this on the CPU in the collate function:
+    the attention layers then need no host sync and no data-dependent shapes.
+
+    Args:
+        position_ids: ``(batch, seq)`` integer tensor of a packed batch.
+
+    Returns:
+        ``{"cu_seq_lens_q", "cu_seq_lens_k"}`` (int32 cumulative lengths over the flattened batch, on the
+        tensor's device) and ``{"max_length_q", "max_length_k"}`` (the longest document, a Python int).
+    """
+    import torch
+
+    pos = position_ids.reshape(position_ids.shape[0], -1)
+    starts = torch.ones_like(pos, dtype=torch.bool)
+    starts[:, 1:] = pos[:, 1:] != pos[:, :-1] + 1
+    idx = starts.flatten().nonzero().flatten()
+    cu = torch.cat([idx, idx.new_tensor([pos.numel()])]).to(torch.int32)
+    longest = int((cu[1:] - cu[:-1]).max())
+    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
+
+
+def _varlen_call(q: Any, k: Any, v: Any, cu: Any, max_len: int, scaling: float | None) -> Any:
+    """``(tokens, heads, dim)`` causal attention per document through ``torch.nn.attention.varlen``."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    params = inspect.signature(varlen_attn).parameters
+    n_heads, n_kv, dim = q.shape[1], k.shape[1], q.shape[2]
+    kwargs: dict[str, Any] = {}
+    if n_kv != n_heads:
+        if "enable_gqa" in params:
+            kwargs["enable_gqa"] = True
+        else:  # query head j uses key/value head j // group, as transformers' repeat_kv
+            k = k.repeat_interleave(n_heads // n_kv, dim=1)
+            v = v.repeat_interleave(n_heads // n_kv, dim=1)
+    if scaling is not None and not math.isclose(scaling, dim**-0.5, rel_tol=1e-6):
+        if "scale" in params:
+            kwargs["scale"] = scaling
+        else:
+            q = q * (scaling * dim**0.5)
+    # torch 2.9/2.10 take is_causal; later versions take a (left, right) window, (-1, 0) being causal
+    kwargs.update({"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)})
+    return varlen_attn(q, k, v, cu, cu, max_len, max_len, **kwargs)
+
+
+def _per_document_sdpa(q: Any, k: Any, v: Any, cu: Any, scaling: float | None) -> Any:
+    """The same function as :func:`_varlen_call`, one SDPA call per document (CPU fallback, reference)."""
+    import torch
+    import torch.nn.functional as F
+
+    group = q.shape[1] // k.shape[1]
+    out = torch.empty_like(q)
+    bounds = cu.tolist()
+    for a, b in itertools.pairwise(bounds):
+        qd, kd, vd = (t[a:b].transpose(0, 1)[None] for t in (q, k, v))
+        if group > 1:
+            kd, vd = kd.repeat_interleave(group, dim=1), vd.repeat_interleave(group, dim=1)
+        out[a:b] = F.scaled_dot_product_attention(qd, kd, vd, is_causal=True, scale=scaling)[0].transpose(0, 1)
+    return out
+
+
+def varlen_attention_forward(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[Any, None]:
+    """A transformers attention function: causal attention within each document, no mask materialised.
+
+    Documents are, in order of preference: the ``cu_seq_lens_q``/``max_length_q`` keyword arguments (from
+    :func:`varlen_kwargs` in the collate function); the non-padding tokens of each row when a 2D padding
+    mask is given; the runs of consecutive ``position_ids`` (packed rows); else each row. On CUDA the kernel
+    is PyTorch's variable-length FlashAttention; elsewhere one SDPA call per document (same function).
+
+    Args:
+        module: the attention module (unused beyond the transformers signature).
+        query: ``(batch, heads, seq, dim)``.
+        key: ``(batch, kv_heads, seq, dim)``.
+        value: ``(batch, kv_heads, seq, dim)``.
+        attention_mask: None, or a 2D boolean padding mask ``(batch, seq)`` (left or right padding).
+        scaling: softmax scale; None for ``dim ** -0.5``.
+        dropout: must be 0 (the kernel has no dropout).
+        **kwargs: ``cu_seq_lens_q``, ``max_length_q``, ``position_ids``; others are ignored.
+
+    Returns:
+        ``(output of shape (batch, seq, heads, dim), None)``.
+
+    Raises:
+        ValueError: on attention dropout, a KV cache longer than the query, or a non-2D mask.
+    """
+    import torch
+
+    if dropout:
+        raise ValueError("forgekit_varlen attention has no dropout; set the model's attention_dropout to 0")
+    b, h, s, d = query.shape
+    if key.shape[2] != s:
+        raise ValueError("forgekit_varlen attention is for training (no KV cache); use sdpa to generate")
+    q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # (b, s, heads, d)
+    keep = None
+    cu, max_len = kwargs.get("cu_seq_lens_q"), kwargs.get("max_length_q")
+    if attention_mask is not None:
+        if attention_mask.dim() != 2:
+            raise ValueError(f"forgekit_varlen attention takes a 2D padding mask, got shape {tuple(attention_mask.shape)}")
+        mask = attention_mask.bool()
+        keep = mask.flatten().nonzero().flatten()
+        lengths = mask.sum(1, dtype=torch.int32)
+        cu = torch.nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+        max_len = int(lengths.max())
+    elif cu is None:
+        pos = kwargs.get("position_ids")
+        if pos is not None and pos.shape[-1] == s:
+            found = varlen_kwargs(pos.expand(b, -1))
+            cu, max_len = found["cu_seq_lens_q"], found["max_length_q"]
+        else:
+            cu = torch.arange(0, (b + 1) * s, s, dtype=torch.int32, device=q.device)
+            max_len = s
+    cu = cu.to(device=q.device, dtype=torch.int32)
+    max_len = s if max_len is None else max_len
+    q, k, v = (t.reshape(b * s, t.shape[2], d) for t in (q, k, v))
+    if keep is not None:
+        q, k, v = q[keep], k[keep], v[keep]
+    if q.is_cuda and varlen_available():
+        out = _varlen_call(q, k, v, cu, max_len, scaling)
+    else:
+        out = _per_document_sdpa(q, k, v, cu, scaling)
+    if keep is not None:
+        full = out.new_zeros(b * s, h, d)
+        full[keep] = out
+        out = full
+    return out.view(b, s, h, d), None
 
 
 def decoder_layers(model: Any) -> list:
@@ -117,14 +312,80 @@ def set_activation_checkpointing(model: Any, every: int = 1) -> int:
     layers = decoder_layers(base)
     if not layers:
         raise ValueError(f"{type(base).__name__} has no decoder layers that support gradient checkpointing")
+    # transformers >= 5.2x renamed gradient_checkpointing_* to activation_checkpointing_* (old names warn)
+    enable = getattr(base, "activation_checkpointing_enable", None) or base.gradient_checkpointing_enable
+    disable = getattr(base, "activation_checkpointing_disable", None) or base.gradient_checkpointing_disable
     if every == 0:
-        base.gradient_checkpointing_disable()
+        disable()
         return 0
     # non-reentrant checkpointing: works with frozen inputs (LoRA) without enable_input_require_grads
-    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable({"use_reentrant": False})
     for i, layer in enumerate(layers):
         layer.gradient_checkpointing = i % every == 0
     return sum(layer.gradient_checkpointing for layer in layers)
+
+
+def _cfg(config: Any, name: str, default: Any = None) -> Any:
+    return config.get(name, default) if isinstance(config, dict) else getattr(config, name, default)
+
+
+def activation_bytes_per_token(model_config: Any, *, liger: bool) -> tuple[float, float]:
+    """Estimated activation memory one token keeps for backward, per decoder layer, in bytes (bf16).
+
+    Returns:
+        ``(stored, checkpointed)``: a layer that is not checkpointed keeps every intermediate its backward
+        reads (norm inputs, q/k/v before and after RoPE, attention output and its statistics, the MLP's
+        gate/up/product, the LoRA inputs); a checkpointed layer keeps only its input (``hidden_size``
+        values). The stored figure is the element count below times 4/3, the ratio measured on an H100 for
+        the Llama-3.1-8B shape with LoRA and Liger (about 225 KB per token and layer: the peaks of
+        ``benchmarks/results/levers-llama8b-h100.json`` with 16 and 24 stored layers; the formula alone
+        gives 168 KB).
+    """
+    h = _cfg(model_config, "hidden_size")
+    inter = _cfg(model_config, "intermediate_size")
+    heads = _cfg(model_config, "num_attention_heads")
+    kv = _cfg(model_config, "num_key_value_heads") or heads
+    hd = _cfg(model_config, "head_dim") or h // heads
+    attn = 4 * h + (heads + 2 * kv) * hd * 2 + heads * hd  # norms, inputs of q/k/v/o + LoRA, q/k/v, output
+    mlp = 2 * h + (3 if liger else 4) * inter  # norm + gate/up input, gate, up, (product), down input
+    return 2.0 * (attn + mlp) * 4 / 3, 2.0 * h
+
+
+def checkpoint_period(
+    model_config: Any,
+    tokens_per_micro_batch: int,
+    free_bytes: float,
+    *,
+    liger: bool,
+    headroom: float = 0.8,
+) -> int:
+    """The checkpointing period for :func:`set_activation_checkpointing` that fits the activations.
+
+    Tries no checkpointing (0), then every 4th, 3rd, 2nd layer, then every layer (1), and returns the first
+    whose estimated activation memory (:func:`activation_bytes_per_token`) fits in ``headroom`` of
+    ``free_bytes``.
+
+    Args:
+        model_config: the model's config (or a dict with the same keys).
+        tokens_per_micro_batch: tokens in one forward pass (rows x row length).
+        free_bytes: device memory left for activations after weights, gradients and optimizer state.
+        liger: whether Liger's SwiGLU (which recomputes its product in backward) is applied.
+        headroom: fraction of ``free_bytes`` the activations may take (the rest absorbs fragmentation,
+            the loss and attention workspaces).
+
+    Returns:
+        0 (none), 4, 3, 2 or 1 (every layer).
+    """
+    layers = _cfg(model_config, "num_hidden_layers")
+    stored, ckpt = activation_bytes_per_token(model_config, liger=liger)
+    budget = headroom * free_bytes
+    for every in (0, 4, 3, 2):
+        n_ckpt = 0 if every == 0 else math.ceil(layers / every)
+        # a checkpointed layer's intermediates exist again while its backward runs: one layer's worth
+        need = tokens_per_micro_batch * ((layers - n_ckpt) * stored + n_ckpt * ckpt + (stored if n_ckpt else 0))
+        if need <= budget:
+            return every
+    return 1
 
 
 def compile_decoder_layers(model: Any, **compile_kwargs: Any) -> int:
@@ -151,7 +412,8 @@ def pad_packed_batch(batch: dict, multiple: int, pad_token_id: int) -> dict:
 
     The padding forms one extra "example" (position ids restart at 0; labels -100), so no real token
     attends to it and it adds nothing to the loss. Fewer distinct shapes mean fewer recompilations of
-    compiled kernels (FlexAttention, compiled layers).
+    compiled kernels (FlexAttention, compiled layers). Varlen keyword arguments, if present, are dropped:
+    recompute them from the padded ``position_ids``.
 
     Args:
         batch: ``input_ids``, ``labels`` and ``position_ids`` tensors of shape ``(1, n)``.
@@ -175,7 +437,7 @@ def pad_packed_batch(batch: dict, multiple: int, pad_token_id: int) -> dict:
     extra = -n % multiple
     if extra == 0:
         return dict(batch)
-    out = dict(batch)
+    out = {k: v for k, v in batch.items() if not k.startswith(("cu_seq_lens", "max_length"))}
     fill = {"input_ids": pad_token_id, "labels": -100}
     for key in ("input_ids", "labels"):
         out[key] = torch.cat([batch[key], batch[key].new_full((1, extra), fill[key])], dim=1)

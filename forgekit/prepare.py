@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("forgekit")
-PREP_VERSION = 1  # bump when the on-disk format or tokenization rules change
+PREP_VERSION = 2  # bump when the on-disk format or tokenization rules change
 MIN_CONTEXT, CPU_TOKENS_PER_DEVICE, GPU_TOKENS_PER_DEVICE = 512, 2048, 16384
 
 

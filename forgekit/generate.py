@@ -1,0 +1,236 @@
+"""Generation from any checkpoint (base model, LoRA adapter, full weights) for OpenAI-format conversations.
+
+`load_for_generation` loads what a path holds: a model id or base model dir, a LoRA adapter dir (its base is
+read from `adapter_config.json` and the adapter is merged for speed), or a full checkpoint. The tokenizer
+comes from the checkpoint when it has one, because forgekit saves the tokenizer with the chat template the
+run trained with; prompts are then rendered by `forgekit.formats.render`, exactly as in training (tool
+conversations included). `generate` decodes greedily in left-padded batches and stops at the end-of-turn
+token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "GenerationError",
+    "eos_token_ids",
+    "generate",
+    "load_base_for_config",
+    "load_for_generation",
+    "render_prompt",
+]
+
+log = logging.getLogger("forgekit")
+
+
+class GenerationError(RuntimeError):
+    """A checkpoint cannot be loaded for generation; the message says what is missing."""
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return (path / "tokenizer_config.json").is_file()
+
+
+def load_for_generation(path: str | Path, *, dtype: Any = None, device: str | None = None) -> tuple[Any, Any]:
+    """Load a model and its tokenizer for generation.
+
+    Args:
+        path: a model id or alias (resolved with `forgekit.models.resolve_model_path`), a model dir, a LoRA
+            adapter dir (`adapter_config.json`; its `base_model_name_or_path` is loaded and the adapter merged),
+            or a full checkpoint dir.
+        dtype: torch dtype; default float32 on CPU, bfloat16 on CUDA.
+        device: `cpu`, `cuda`, ...; default CUDA when available.
+
+    Returns:
+        `(model, tokenizer)`: the model in eval mode on `device`; the tokenizer pads on the left (for batched
+        generation) and has a pad token.
+
+    Raises:
+        GenerationError: an adapter whose base model cannot be found.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from forgekit.models import resolve_model_path
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    local = Path(str(path))
+    adapter_cfg = local / "adapter_config.json"
+    if adapter_cfg.is_file():
+        from peft import PeftModel
+
+        base_id = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
+        if not base_id:
+            raise GenerationError(f"{adapter_cfg}: no base_model_name_or_path; cannot tell which model to load")
+        base = resolve_model_path(base_id)
+        tok = AutoTokenizer.from_pretrained(str(local) if _has_tokenizer(local) else base)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+        except OSError as e:
+            raise GenerationError(f"{adapter_cfg}: cannot load the base model {base_id!r}: {e}") from None
+        if len(tok) > model.get_input_embeddings().num_embeddings:  # tokens added in training (e.g. labels)
+            model.resize_token_embeddings(len(tok))
+        model = PeftModel.from_pretrained(model, str(local)).merge_and_unload()
+    else:
+        source = resolve_model_path(str(path))
+        tok = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.to(device).eval()
+    return model, tok
+
+
+def load_base_for_config(
+    config: Any, overrides: Sequence[str] = (), *, default: bool = False, dtype: Any = None, device: str | None = None
+) -> tuple[Any, Any]:
+    """The model a run of `config` starts from, with the tokenizer that run trains with.
+
+    For a before-training evaluation that formats prompts exactly as training will: when the config sets
+    `generation_config.prompt_format`, the tokenizer's chat template is replaced by it (as in
+    `forgekit.prepare.load_tokenizer`), and tool conversations are then rendered in the tagged format.
+
+    Args:
+        config: a YAML path or a validated `FinetuneConfig`.
+        overrides: dotted overrides, as for `forgekit.train.finetune`.
+        default: default mode (only model_id and train_path needed).
+        dtype: see `load_for_generation`.
+        device: see `load_for_generation`.
+    """
+    from forgekit.config import FinetuneConfig, load_config
+    from forgekit.prepare import load_tokenizer
+
+    cfg = config if isinstance(config, FinetuneConfig) else load_config(config, overrides, default=default)
+    start = cfg.initial_adapter_model_ckpt_path or cfg.initial_base_model_ckpt_path or cfg.model_id
+    model, _ = load_for_generation(start, dtype=dtype, device=device)
+    tok = load_tokenizer(cfg)
+    tok.padding_side = "left"
+    return model, tok
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Token ids that end a turn: the tokenizer's EOS (the end-of-turn marker) and the model's own."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else []
+    return list(dict.fromkeys(ids))
+
+
+def render_prompt(messages: list[dict], tokenizer: Any, tools: list | None = None) -> str:
+    """The prompt text for the next assistant turn, rendered as in training (tools included)."""
+    from forgekit.formats import render
+
+    return render(messages, tokenizer, None, tools=tools or None, add_generation_prompt=True).text
+
+
+def _row_stops(prompt_len: int, budgets: list[int], stop_when: Any, tokenizer: Any, every: int) -> Any:
+    """A stopping criterion that ends each row after its own number of new tokens, or as soon as
+    `stop_when(text_so_far, n_new_tokens)` says so (checked every `every` tokens)."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class RowStops(StoppingCriteria):
+        def __init__(self) -> None:
+            self.budgets = torch.tensor(budgets)
+
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            n = input_ids.shape[1] - prompt_len
+            done = n >= self.budgets.to(input_ids.device)
+            if stop_when is not None and n % every == 0:
+                texts = tokenizer.batch_decode(input_ids[:, prompt_len:], skip_special_tokens=True)
+                extra = torch.tensor([bool(stop_when(t, n)) for t in texts], device=input_ids.device)
+                done = done | extra
+            return done
+
+    return RowStops()
+
+
+def generate(
+    model_or_path: Any,
+    conversations: Sequence[list[dict]],
+    tools: Sequence[list | None] | None = None,
+    *,
+    tokenizer: Any = None,
+    max_new_tokens: int | Sequence[int] = 256,
+    batch_size: int = 8,
+    greedy: bool = True,
+    temperature: float = 0.7,
+    stop_when: Callable[[str, int], bool] | None = None,
+    progress: bool = False,
+) -> list[str]:
+    """The next assistant turn for each conversation.
+
+    Args:
+        model_or_path: a path or id for `load_for_generation`, or a loaded model (then pass `tokenizer`),
+            or a `(model, tokenizer)` pair.
+        conversations: OpenAI-format messages, each ending where the assistant should speak.
+        tools: the tools offered in each conversation (a list per conversation, or None for none at all).
+        tokenizer: the tokenizer for a loaded model.
+        max_new_tokens: generation budget, for all conversations or one per conversation.
+        batch_size: conversations per forward pass (prompts are sorted by budget and length, so a batch wastes
+            little padding and few decoding steps).
+        greedy: greedy decoding (deterministic); False samples with `temperature`.
+        temperature: sampling temperature when not greedy.
+        stop_when: `(text so far, new tokens so far) -> bool`, checked every 8 tokens; a row stops when it is
+            true (e.g. once it is clear that an answer will not contain what is being looked for).
+        progress: log one line per batch.
+
+    Returns:
+        The generated texts, special tokens removed, in the order of `conversations`.
+    """
+    import torch
+    from transformers import GenerationConfig, StoppingCriteriaList
+
+    if isinstance(model_or_path, (str, Path)):
+        model, tok = load_for_generation(model_or_path)
+    elif isinstance(model_or_path, tuple):
+        model, tok = model_or_path
+    else:
+        model, tok = model_or_path, tokenizer
+    if tok is None:
+        raise ValueError("generate: a loaded model needs its tokenizer (tokenizer=...)")
+    n = len(conversations)
+    if tools is not None and len(tools) != n:
+        raise ValueError(f"generate: {n} conversations but {len(tools)} tool lists")
+    budgets = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(budgets) != n:
+        raise ValueError(f"generate: {n} conversations but {len(budgets)} max_new_tokens")
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    prompts = [render_prompt(list(c), tok, tools[i] if tools else None) for i, c in enumerate(conversations)]
+    encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    order = sorted(range(n), key=lambda i: (budgets[i] // 32, len(encoded[i])))
+    device = next(model.parameters()).device
+    outputs: list[str] = [""] * n
+    for b in range(0, n, batch_size):
+        idx = order[b : b + batch_size]
+        batch = tok.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt").to(device)
+        width = batch["input_ids"].shape[1]
+        row_budgets = [budgets[i] for i in idx]
+        config = GenerationConfig(
+            max_new_tokens=max(row_budgets),
+            do_sample=not greedy,
+            temperature=None if greedy else temperature,
+            top_p=None,
+            top_k=None,
+            eos_token_id=eos_token_ids(model, tok),
+            pad_token_id=tok.pad_token_id,
+        )
+        stop = None
+        if stop_when is not None or len(set(row_budgets)) > 1:
+            stop = StoppingCriteriaList([_row_stops(width, row_budgets, stop_when, tok, every=8)])
+        with torch.inference_mode():
+            out = model.generate(**batch, generation_config=config, stopping_criteria=stop)
+        for i, row in zip(idx, out[:, width:]):
+            outputs[i] = tok.decode(row[: budgets[i]], skip_special_tokens=True).strip()
+        if progress:
+            log.info("generate: %d/%d conversations", min(b + batch_size, n), n)
+    return outputs

@@ -1,0 +1,307 @@
+"""Exact-match evaluation of tool calling: replay each test conversation turn by turn and score every answer.
+
+For every assistant turn of every conversation, the model generates from the gold history before it (the
+real tool results included, never its own earlier mistakes), the tool calls are parsed out of the text
+(`forgekit.toolcalling.render.parse_tool_calls`), and the turn is scored:
+
+* gold calls tools → correct when the calls match as a multiset: same function names, and arguments equal
+  after type normalisation (1 == 1.0 == "1", true == "true", key order ignored, null-valued arguments
+  dropped); strings must match exactly (case included), so an enum or a date in the wrong form is wrong;
+* gold answers in text → correct when no call is made.
+
+Each turn may generate what it needs and no more: the gold calls' length plus slack for call turns
+(`turn_budgets`), and a generation that has not started a call within its first 32 tokens is a text answer
+(`no_call_started`), so models that answer at length (base models do) are not decoded to the limit.
+
+Each failure gets one outcome: `malformed_call` (it tried to call but the call cannot be parsed),
+`wrong_function`, `wrong_arguments`, `missed_call` or `spurious_call`. The headline `exact_match` is per
+conversation (every turn right); per-turn accuracy, per category (`single`, `parallel`, `multi_turn`,
+`no_call`: see `conversation_category`) and, for forgekit's synthetic test split, held-out vs seen tools
+are reported too (`summarise`).
+
+Works on any JSONL in the OpenAI tool-calling format (`messages` + `tools`), not only the generated one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from forgekit.toolcalling.render import call_arguments, format_calls, parse_tool_calls
+
+__all__ = [
+    "CATEGORIES",
+    "OUTCOMES",
+    "Turn",
+    "conversation_category",
+    "evaluate_tool_calling",
+    "no_call_started",
+    "normalise",
+    "replay_turns",
+    "score_turn",
+    "summarise",
+    "turn_budgets",
+]
+
+CATEGORIES = ("single", "parallel", "multi_turn", "no_call")
+OUTCOMES = ("correct", "malformed_call", "wrong_function", "wrong_arguments", "missed_call", "spurious_call")
+_NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One assistant turn to replay: the history before it and what the gold answer did."""
+
+    conversation: int
+    index: int  # position of the assistant message in the conversation
+    messages: list[dict]
+    tools: list | None
+    gold_calls: list[dict] | None  # [{"name", "arguments"}], or None for a text answer
+    category: str
+    held_out: bool | None
+
+
+def conversation_category(messages: list[dict]) -> str:
+    """`no_call` (no assistant turn calls a tool), `multi_turn` (several user turns, some call), `parallel`
+    (one turn makes several calls) or `single`."""
+    calls = [m["tool_calls"] for m in messages if m.get("role") == "assistant" and m.get("tool_calls")]
+    if not calls:
+        return "no_call"
+    if sum(m.get("role") == "user" for m in messages) > 1:
+        return "multi_turn"
+    return "parallel" if any(len(c) > 1 for c in calls) else "single"
+
+
+def _gold_calls(message: dict) -> list[dict] | None:
+    if not message.get("tool_calls"):
+        return None
+    return [{"name": c.get("function", c)["name"], "arguments": call_arguments(c)} for c in message["tool_calls"]]
+
+
+def replay_turns(records: list[dict]) -> list[Turn]:
+    """Every assistant turn of every conversation, with the gold history before it.
+
+    Args:
+        records: `{"messages": [...], "tools": [...], "metadata": {...}?}` dicts.
+    """
+    turns = []
+    for c, rec in enumerate(records):
+        messages = rec["messages"]
+        category = conversation_category(messages)
+        held_out = (rec.get("metadata") or {}).get("held_out")
+        for i, m in enumerate(messages):
+            if m.get("role") == "assistant" and i > 0:
+                turns.append(Turn(c, i, messages[:i], rec.get("tools"), _gold_calls(m), category, held_out))
+    return turns
+
+
+def normalise(value: Any) -> Any:
+    """A JSON value with types normalised for comparison: numbers (and numeric strings) → float, "true" /
+    "false" → bool, strings stripped, dict keys unordered, null-valued keys dropped."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        s = value.strip()
+        if s.lower() in ("true", "false"):
+            return s.lower() == "true"
+        return float(s) if _NUMBER.match(s) else s
+    if isinstance(value, dict):
+        return {k: normalise(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [normalise(v) for v in value]
+    return value
+
+
+def _key(call: dict) -> str:
+    return json.dumps({"name": call["name"], "arguments": normalise(call["arguments"])}, sort_keys=True)
+
+
+def score_turn(gold_calls: list[dict] | None, text: str) -> tuple[str, list[dict] | None, str | None]:
+    """Score one generated turn.
+
+    Args:
+        gold_calls: the gold `[{"name", "arguments"}]`, or None when the gold turn answers in text.
+        text: the generated text.
+
+    Returns:
+        `(outcome, predicted_calls, parse_error)`; outcome is one of `OUTCOMES`.
+    """
+    calls, error = parse_tool_calls(text)
+    if error:
+        return "malformed_call", None, error
+    if gold_calls is None:
+        return ("spurious_call" if calls else "correct"), calls, None
+    if not calls:
+        return "missed_call", None, None
+    if Counter(c["name"] for c in calls) != Counter(c["name"] for c in gold_calls):
+        return "wrong_function", calls, None
+    if Counter(map(_key, calls)) != Counter(map(_key, gold_calls)):
+        return "wrong_arguments", calls, None
+    return "correct", calls, None
+
+
+def _accuracy(rows: list[dict]) -> dict[str, Any]:
+    """Exact match per conversation (every turn right) and per turn, over `rows`."""
+    by_conv: dict[int, bool] = {}
+    for r in rows:
+        by_conv[r["conversation"]] = by_conv.get(r["conversation"], True) and r["outcome"] == "correct"
+    n, right = len(rows), sum(r["outcome"] == "correct" for r in rows)
+    return {
+        "conversations": len(by_conv),
+        "exact_match": round(sum(by_conv.values()) / len(by_conv), 4) if by_conv else None,
+        "turns": n,
+        "turn_accuracy": round(right / n, 4) if n else None,
+    }
+
+
+def summarise(rows: list[dict]) -> dict[str, Any]:
+    """Exact match overall, per category, per turn type and for held-out tools, and failure counts.
+
+    The headline `exact_match` is per conversation: every assistant turn of it right (a conversation with one
+    wrong call is a broken conversation). `turn_accuracy` counts turns; `call_turns` / `text_turns` split the
+    turns by what the gold answer does (`turn_accuracy` of text turns is how often the model rightly did
+    not call). Per category, both are given; `no_call`'s `exact_match` is the no-call accuracy.
+
+    Args:
+        rows: scored turns (`conversation`, `category`, `gold_calls`, `outcome`, `held_out`), as
+            `evaluate_tool_calling` writes them.
+    """
+    report: dict[str, Any] = {
+        **_accuracy(rows),
+        "by_category": {c: _accuracy([r for r in rows if r["category"] == c]) for c in CATEGORIES},
+        "call_turns": _accuracy([r for r in rows if r["gold_calls"]]),
+        "text_turns": _accuracy([r for r in rows if not r["gold_calls"]]),
+        "failures": {o: sum(r["outcome"] == o for r in rows) for o in OUTCOMES[1:]},
+    }
+    if any(r.get("held_out") is not None for r in rows):
+        report["held_out_tools"] = _accuracy([r for r in rows if r.get("held_out")])
+        report["seen_tools"] = _accuracy([r for r in rows if r.get("held_out") is False and r["category"] != "no_call"])
+    return report
+
+
+def turn_budgets(turns: list[Turn], tokenizer: Any, max_new_tokens: int = 192, call_slack_tokens: int = 24) -> list[int]:
+    """New-token budget per turn: the gold calls' length in forgekit's format plus slack for call turns (a
+    longer generation cannot be an exact match), `CALL_START_TOKENS` for text turns, at most `max_new_tokens`."""
+    out = []
+    for t in turns:
+        if t.gold_calls is None:
+            out.append(min(CALL_START_TOKENS, max_new_tokens))
+        else:
+            n = len(tokenizer(format_calls(t.gold_calls), add_special_tokens=False)["input_ids"])
+            out.append(min(n + call_slack_tokens, max_new_tokens))
+    return out
+
+
+CALL_START_TOKENS = 32
+_CALL_MARKERS = ("[TOOL_CALLS]", "<tool_call>", "[TOOL_", "<tool")
+
+
+def no_call_started(text: str, n_tokens: int) -> bool:
+    """True once `CALL_START_TOKENS` tokens are written and no call has started (no call marker, and the text
+    does not open a bare JSON call): the turn is then a text answer whatever follows."""
+    if n_tokens < CALL_START_TOKENS:
+        return False
+    head = text.lstrip()
+    return not (head.startswith(("{", "[")) or any(m in text for m in _CALL_MARKERS))
+
+
+def evaluate_tool_calling(
+    model_or_path: Any,
+    test: str | Path | list[dict],
+    *,
+    tokenizer: Any = None,
+    limit: int | None = None,
+    max_new_tokens: int = 192,
+    call_slack_tokens: int = 24,
+    batch_size: int = 16,
+    predictions_path: str | Path | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Replay a tool-calling test set turn by turn and score every assistant turn.
+
+    Args:
+        model_or_path: a checkpoint path or id (base model, LoRA adapter or full weights: see
+            `forgekit.generate.load_for_generation`), a loaded `(model, tokenizer)` pair, or a model with
+            `tokenizer=`.
+        test: a JSONL path (validated, problems reported as file:line) or a list of records.
+        tokenizer: the tokenizer for a loaded model.
+        limit: evaluate only the first `limit` conversations.
+        max_new_tokens: the most new tokens of any turn.
+        call_slack_tokens: new tokens beyond the gold calls' length for call turns.
+        batch_size: turns generated together.
+        predictions_path: write one JSON line per turn (gold, generation, outcome) here.
+        progress: log one line per batch.
+
+    Returns:
+        `summarise(...)` of the scored turns, plus `samples`: the first turn of up to 8 conversations per
+        category with its generation, and `settings`: the budgets used.
+    """
+    from forgekit.generate import generate, load_for_generation
+
+    if isinstance(model_or_path, (str, Path)):
+        model_or_path = load_for_generation(model_or_path)
+    if isinstance(model_or_path, tuple):
+        model, tokenizer = model_or_path
+    else:
+        model = model_or_path
+    if tokenizer is None:
+        raise ValueError("evaluate_tool_calling: a loaded model needs its tokenizer (tokenizer=...)")
+    if isinstance(test, (str, Path)):
+        from forgekit.data import read_examples
+
+        examples = read_examples(str(test))
+        metadata = _metadata(str(test))
+        records = [{"messages": e.messages, "tools": e.tools, "metadata": metadata.get(e.line)} for e in examples]
+    else:
+        records = list(test)
+    records = records[:limit] if limit else records
+    turns = replay_turns(records)
+    texts = generate(
+        model, [t.messages for t in turns], [t.tools for t in turns], tokenizer=tokenizer,
+        max_new_tokens=turn_budgets(turns, tokenizer, max_new_tokens, call_slack_tokens),
+        stop_when=no_call_started, batch_size=batch_size, progress=progress,
+    )
+    rows = []
+    for t, text in zip(turns, texts):
+        outcome, calls, error = score_turn(t.gold_calls, text)
+        rows.append({
+            "conversation": t.conversation, "turn": t.index, "category": t.category, "held_out": t.held_out,
+            "gold_calls": t.gold_calls, "generated": text, "predicted_calls": calls, "parse_error": error,
+            "outcome": outcome,
+        })
+    if predictions_path:
+        Path(predictions_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(predictions_path).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    report = summarise(rows)
+    samples: dict[str, list] = {c: [] for c in CATEGORIES}
+    seen: set[int] = set()
+    for t, r in zip(turns, rows):
+        if t.conversation not in seen and len(samples[t.category]) < 8:
+            seen.add(t.conversation)
+            last_user = next((m["content"] for m in reversed(t.messages) if m["role"] == "user"), "")
+            samples[t.category].append({"conversation": t.conversation, "user": last_user, **{
+                k: r[k] for k in ("gold_calls", "generated", "outcome")}})
+    report["samples"] = samples
+    report["settings"] = {"max_new_tokens": max_new_tokens, "call_start_tokens": CALL_START_TOKENS,
+                          "call_slack_tokens": call_slack_tokens}
+    return report
+
+
+def _metadata(path: str) -> dict[int, dict]:
+    """`metadata` of each line of a local JSONL (forgekit's synthetic data has it; others may not)."""
+    local = Path(path.removeprefix("file://"))
+    if not local.is_file():
+        return {}
+    out = {}
+    for lineno, line in enumerate(local.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            meta = json.loads(line).get("metadata")
+            if isinstance(meta, dict):
+                out[lineno] = meta
+    return out

@@ -1,0 +1,125 @@
+"""Before/after reporting for tool-calling evaluations: a comparison table, a bar plot, generations side by side.
+
+Inputs are the reports `forgekit.toolcalling.evaluate.evaluate_tool_calling` returns and the per-turn
+predictions files it writes, so the notebook cells stay one call each.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from forgekit.toolcalling.evaluate import CATEGORIES
+
+__all__ = ["comparison_rows", "comparison_table", "plot_comparison", "side_by_side", "write_results"]
+
+_COLUMNS = ("exact match", *CATEGORIES, "held-out tools", "seen tools", "turns", "call turns", "text turns")
+
+
+def comparison_rows(reports: dict[str, dict]) -> dict[str, dict[str, float | None]]:
+    """{model: {column: accuracy}}: conversation exact match overall, per category and for held-out / seen
+    tools, then turn accuracy overall and for call / text turns."""
+    out = {}
+    for name, rep in reports.items():
+        row: dict[str, float | None] = {"exact match": rep["exact_match"]}
+        row.update({c: rep["by_category"][c]["exact_match"] for c in CATEGORIES})
+        row["held-out tools"] = rep.get("held_out_tools", {}).get("exact_match")
+        row["seen tools"] = rep.get("seen_tools", {}).get("exact_match")
+        row["turns"] = rep["turn_accuracy"]
+        row["call turns"] = rep["call_turns"]["turn_accuracy"]
+        row["text turns"] = rep["text_turns"]["turn_accuracy"]
+        out[name] = row
+    return out
+
+
+def comparison_table(reports: dict[str, dict]) -> str:
+    """A Markdown table per model (rows): conversation exact match overall, per category and for held-out /
+    seen tools, turn accuracy, and failure counts."""
+    rows = comparison_rows(reports)
+    failures = list(next(iter(reports.values()))["failures"])
+    head = ["model", *_COLUMNS, *failures]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in rows.items():
+        cells = ["—" if row[c] is None else f"{row[c]:.3f}" for c in _COLUMNS]
+        cells += [str(reports[name]["failures"][f]) for f in failures]
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def plot_comparison(reports: dict[str, dict], path: str | Path, title: str = "Tool-calling exact match") -> Path:
+    """Grouped bars: conversation exact match overall, per category and for held-out / seen tools, one bar per
+    model; saved as a PNG at `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = comparison_rows(reports)
+    columns = ["exact match", *CATEGORIES, "held-out tools", "seen tools"]
+    width = 0.8 / len(rows)
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for k, (name, row) in enumerate(rows.items()):
+        xs = [i + (k - (len(rows) - 1) / 2) * width for i in range(len(columns))]
+        values = [row[c] or 0.0 for c in columns]
+        bars = ax.bar(xs, values, width, label=name)
+        ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=8, padding=2)
+    n = next(iter(reports.values()))
+    ax.set_xticks(range(len(columns)), [c.replace("_", "-") for c in columns])
+    ax.set_ylim(0, 1.12)
+    ax.set_ylabel("exact match (conversations)")
+    ax.set_title(f"{title}: {n['conversations']} test conversations")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _short(value: Any, limit: int = 110) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = text.replace("\n", " ").replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def side_by_side(predictions: dict[str, str | Path], test_path: str | Path, n: int = 6) -> str:
+    """A Markdown table of the first call turn of `n` conversations (a mix of categories): the request, the
+    gold answer, and each model's generation with its outcome.
+
+    Args:
+        predictions: {model: per-turn predictions JSONL written by `evaluate_tool_calling`}.
+        test_path: the test JSONL the predictions were made on (for the user messages).
+        n: rows to show.
+    """
+    tests = [json.loads(line) for line in Path(test_path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    runs = {name: [json.loads(line) for line in Path(p).read_text().splitlines()] for name, p in predictions.items()}
+    first = next(iter(runs.values()))
+    picked, per_category = [], dict.fromkeys(CATEGORIES, 0)
+    for i, row in enumerate(first):  # round-robin over categories, first turn of each conversation
+        if row["turn"] == min(r["turn"] for r in first if r["conversation"] == row["conversation"]) and (
+            per_category[row["category"]] < max(1, n // len(CATEGORIES))
+        ):
+            picked.append(i)
+            per_category[row["category"]] += 1
+    head = ["request", "gold", *runs]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i in picked[:n]:
+        row = first[i]
+        msgs = tests[row["conversation"]]["messages"][: row["turn"]]
+        user = next(m["content"] for m in reversed(msgs) if m["role"] == "user")
+        gold = row["gold_calls"] if row["gold_calls"] else "(answers in text)"
+        cells = [f"{_short(r[i]['generated'], 90)} **{r[i]['outcome']}**" for r in runs.values()]
+        lines.append("| " + " | ".join([_short(user, 80), _short(gold, 90), *cells]) + " |")
+    return "\n".join(lines)
+
+
+def write_results(path: str | Path, reports: dict[str, dict], **extra: Any) -> Path:
+    """Save the evaluations (without their samples) and any extra fields (training summary, settings) as JSON."""
+    payload = {"evaluations": {k: {kk: vv for kk, vv in v.items() if kk != "samples"} for k, v in reports.items()},
+               **extra}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")
+    return path

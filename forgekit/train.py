@@ -1,0 +1,787 @@
+"""Fine-tune: launch Ray Train workers that run the transformers Trainer with DeepSpeed; write the run directory.
+
+Features and the config fields that drive them (one place, top to bottom):
+
+- Workers: `num_devices` Ray workers, GPUs when the cluster has them (`use_gpu`), else CPU processes (gloo).
+  `worker_resources` / `trainer_resources` are Ray resources. `RAY_ADDRESS` / `address=` attaches to a
+  running cluster; otherwise a local one starts with the dashboard off.
+- Engine: transformers `Trainer` with DeepSpeed from `deepspeed.config_path` ("auto" values filled from this
+  config; an explicit value that contradicts it is a `ConfigError` naming both). bf16 on GPUs that support
+  it, fp32 on CPU. LoRA (`lora_config`, peft) or full-parameter; `gradient_checkpointing`;
+  `attn_implementation`; `liger_kernel`; rope scaling when `context_length` exceeds the model's maximum.
+- Stages: `initial_base_model_ckpt_path` (full weights) or `initial_adapter_model_ckpt_path` (LoRA adapter).
+- Outputs (`output_dir/<run_name>/`): config.yaml, manifest.json, metrics.jsonl (rank 0), checkpoints
+  (`checkpoints/step-NNNNNN`, published by an atomic rename, the `num_checkpoints_to_keep` best by eval
+  loss kept by Ray), result.json.
+- Resume: the same command with the same output dir continues from the last checkpoint (model, optimizer,
+  scheduler, RNG, data position: the Trainer's own checkpoint format). Unset `run_name` is derived from
+  the model and a hash of the config and data, so re-running the same command finds the same run.
+  Ray's `FailureConfig` retries a run whose worker died, from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from forgekit.config import ConfigError, FinetuneConfig, apply_overrides, format_config, load_config
+
+__all__ = ["finetune", "TrainingError", "deepspeed_config", "run_name_for"]
+
+log = logging.getLogger("forgekit")
+CHECKPOINTS = "checkpoints"
+
+
+class TrainingError(RuntimeError):
+    """Training failed inside a worker; the message carries the worker's error."""
+
+
+# ----------------------------------------------------------------------------------------------- driver
+
+
+def run_name_for(cfg: FinetuneConfig, data_key: str) -> str:
+    """The run directory name: `cfg.run_name`, else `<model>-<lora|full>-<hash of config and data>`."""
+    if cfg.run_name:
+        return cfg.run_name
+    payload = cfg.model_dump(mode="json", exclude={"output_dir", "run_name"})
+    digest = hashlib.sha256(json.dumps([payload, data_key], sort_keys=True).encode()).hexdigest()[:8]
+    model = Path(cfg.model_id.rstrip("/")).name.lower()
+    return f"{model}-{'lora' if cfg.lora_config else 'full'}-{digest}"
+
+
+def deepspeed_config(cfg: FinetuneConfig, *, bf16: bool | None = None) -> dict[str, Any] | None:
+    """The DeepSpeed config of a run: `deepspeed.config_path` with "auto" fields filled from `cfg`.
+
+    Fields that depend on the model (bucket sizes) stay "auto" for transformers to fill. An explicit value that
+    contradicts the YAML raises ConfigError naming both. `bf16=None` leaves precision "auto" (decided on the
+    worker, which knows its device).
+    """
+    if cfg.deepspeed is None:
+        return None
+    import fsspec
+
+    path = cfg.deepspeed.config_path
+    try:
+        with fsspec.open(path, "rt") as f:
+            ds = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError([f"deepspeed.config_path: {path} not found"]) from None
+    except json.JSONDecodeError as e:
+        raise ConfigError([f"deepspeed.config_path: {path}:{e.lineno}: invalid JSON: {e.msg}"]) from None
+    per_device, accum = cfg.train_batch_size_per_device, cfg.gradient_accumulation_steps
+    wanted = {
+        "train_micro_batch_size_per_gpu": (per_device, "train_batch_size_per_device"),
+        "gradient_accumulation_steps": (accum, "gradient_accumulation_steps"),
+        "train_batch_size": (
+            per_device * accum * cfg.num_devices if per_device and accum else None,
+            "train_batch_size_per_device x gradient_accumulation_steps x num_devices",
+        ),
+        "gradient_clipping": (cfg.max_grad_norm, "max_grad_norm"),
+    }
+    problems = []
+    for key, (value, yaml_key) in wanted.items():
+        if value is None:
+            continue
+        have = ds.get(key, "auto")
+        if have == "auto":
+            ds[key] = value
+        elif have != value:
+            problems.append(f"deepspeed.config_path: {path}: {key}={have} contradicts {yaml_key}={value}")
+    opt_lr = ds.get("optimizer", {}).get("params", {}).get("lr", "auto")
+    if opt_lr != "auto" and opt_lr != cfg.learning_rate:
+        problems.append(f"deepspeed.config_path: {path}: optimizer.params.lr={opt_lr} contradicts learning_rate={cfg.learning_rate}")
+    if bf16 is not None:
+        for key, want in (("bf16", bf16), ("fp16", False)):
+            section = ds.setdefault(key, {})
+            have = section.get("enabled", "auto")
+            if have == "auto":
+                section["enabled"] = want
+            elif bool(have) != want:
+                device = "this device supports bf16" if bf16 else "this run trains in fp32 (CPU or no bf16 support)"
+                problems.append(f"deepspeed.config_path: {path}: {key}.enabled={have}, but {device}; set it to \"auto\"")
+    if problems:
+        raise ConfigError(problems)
+    return ds
+
+
+def _cluster_has_gpus(address: str | None) -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def _init_ray(address: str | None, cfg: FinetuneConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    # workers inherit these: quiet libraries, and no tokenizer thread pools fighting over a laptop's cores
+    env = {
+        "TOKENIZERS_PARALLELISM": "false",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+        "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+        "PYTHONWARNINGS": "ignore",
+        "FORGEKIT_VERBOSE": "0",
+    }
+    runtime_env = {"env_vars": {k: os.environ.get(k, v) for k, v in env.items()}}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING, log_to_driver=_verbose())
+        return
+    import torch
+
+    cpus = max(os.cpu_count() or 1, cfg.num_devices)
+    gpus = torch.cuda.device_count()
+    ray.init(
+        num_cpus=cpus,
+        num_gpus=gpus,
+        include_dashboard=False,
+        logging_level=logging.ERROR,
+        log_to_driver=_verbose(),  # worker output goes to run_dir/logs/; errors reach the driver as exceptions
+        configure_logging=True,
+        runtime_env=runtime_env,
+    )
+
+
+def _verbose() -> bool:
+    """FORGEKIT_VERBOSE=1 streams every worker's output (Ray, DeepSpeed, transformers) to the terminal."""
+    return os.environ.get("FORGEKIT_VERBOSE", "") not in ("", "0")
+
+
+def _worker_resources(cfg: FinetuneConfig, use_gpu: bool) -> dict[str, float]:
+    res = dict(cfg.worker_resources)
+    res.setdefault("GPU", 1) if use_gpu else res.pop("GPU", None)
+    res.setdefault("CPU", 1)
+    return res
+
+
+def _prepare_run_dir(run_dir: Path, cfg: FinetuneConfig, manifest: dict) -> bool:
+    """Create or re-open the run directory; True when it already holds a finished run."""
+    cfg_text = format_config(cfg)
+    config_file = run_dir / "config.yaml"
+    if config_file.exists():
+        if _strip_comments(config_file.read_text()) != _strip_comments(cfg_text):
+            raise ConfigError([
+                f"run_name: {run_dir} holds a run with a different config; resuming it would mix two runs. "
+                "Choose another run_name (or output_dir), or delete that directory"
+            ])
+        return (run_dir / "result.json").exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(cfg_text)
+    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return False
+
+
+def _strip_comments(text: str) -> str:
+    return "\n".join(line.split(" #")[0].rstrip() for line in text.splitlines() if not line.startswith("#"))
+
+
+class _Progress(threading.Thread):
+    """Driver-side progress bar (steps, loss, ETA) fed by rank 0's metrics.jsonl; works in terminals and notebooks."""
+
+    def __init__(self, metrics_file: Path, enabled: bool) -> None:
+        super().__init__(daemon=True)
+        self.metrics_file, self.enabled = metrics_file, enabled
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        if not self.enabled:
+            return
+        from tqdm.auto import tqdm
+
+        bar, offset = None, 0
+        while not self.stop.wait(1.0):
+            if not self.metrics_file.exists():
+                continue
+            with self.metrics_file.open() as f:
+                f.seek(offset)
+                chunk = f.read()
+            lines = chunk.split("\n")
+            offset += len(chunk) - len(lines[-1])
+            for line in lines[:-1]:
+                with contextlib.suppress(json.JSONDecodeError):
+                    row = json.loads(line)
+                    if bar is None and row.get("max_steps"):
+                        bar = tqdm(total=row["max_steps"], desc="fine-tuning", unit="step", dynamic_ncols=True)
+                    if bar is None:
+                        continue
+                    if row.get("kind") == "train":
+                        bar.n = row["step"]
+                        bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
+                        bar.refresh()
+                    elif row.get("kind") == "eval":
+                        bar.write(f"step {row['step']}: eval_loss {row['eval_loss']:.4f}")
+        if bar is not None:
+            bar.close()
+
+
+def finetune(
+    config: str | Path | FinetuneConfig,
+    overrides: Sequence[str] = (),
+    *,
+    default: bool = False,
+    address: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune a model as `config` says; return result.json's content plus `run_dir`.
+
+    Args:
+        config: a YAML path or a validated config.
+        overrides: dotted `key=value` overrides (`learning_rate=2e-4`).
+        default: default mode (only `model_id` and `train_path` needed).
+        address: Ray cluster address; default `$RAY_ADDRESS`, else a local cluster.
+        progress: show a progress bar on the driver.
+
+    Raises:
+        ConfigError, DataError: the config or data is invalid (nothing was trained).
+        TrainingError: a worker failed (its error message is included).
+    """
+    if isinstance(config, FinetuneConfig):
+        cfg = apply_overrides(config, overrides) if overrides else config
+    else:
+        cfg = load_config(config, overrides, default=default)
+    from forgekit.prepare import prepare_data
+
+    cfg = _absolute_paths(cfg)  # workers run in another directory
+    _init_ray(address, cfg)
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else _cluster_has_gpus(address)
+    prepared = prepare_data(cfg, use_gpu=use_gpu)
+    cfg = prepared.resolved
+    deepspeed_config(cfg)  # fail on contradictions before any worker starts
+    run_name = run_name_for(cfg, prepared.manifest["cache_key"])
+    output_dir = Path(cfg.output_dir).expanduser().resolve()
+    run_dir = output_dir / run_name
+    if _prepare_run_dir(run_dir, cfg, prepared.manifest):
+        log.info("%s already finished; its result:", run_dir)
+        return {**json.loads((run_dir / "result.json").read_text()), "run_dir": str(run_dir)}
+
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    worker_config = {
+        "config": cfg.model_dump(mode="json"),
+        "train_dir": str(prepared.train_dir),
+        "valid_dir": str(prepared.valid_dir) if prepared.valid_dir else None,
+        "tokenizer_dir": str(prepared.tokenizer_dir),
+        "run_dir": str(run_dir),
+        "manifest": prepared.manifest,
+    }
+    keep = ray.train.CheckpointConfig(
+        num_to_keep=cfg.num_checkpoints_to_keep,
+        checkpoint_score_attribute="eval_loss" if prepared.valid_dir else None,
+        checkpoint_score_order="min",
+    )
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config=worker_config,
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.num_devices,
+            use_gpu=use_gpu,
+            resources_per_worker=_worker_resources(cfg, use_gpu),
+            trainer_resources=dict(cfg.trainer_resources) or None,
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=str(output_dir),
+            checkpoint_config=keep,
+            failure_config=ray.train.FailureConfig(max_failures=int(os.environ.get("FORGEKIT_MAX_FAILURES", "1"))),
+        ),
+    )
+    started = time.time()
+    bar = _Progress(run_dir / "metrics.jsonl", progress)
+    bar.start()
+    try:
+        result = trainer.fit()
+    except Exception as e:  # Ray wraps worker failures; surface the worker's own message
+        raise TrainingError(f"training failed in a worker: {_worker_error(e)}") from e
+    finally:
+        bar.stop.set()
+        bar.join(timeout=5)
+    if result.error is not None:
+        raise TrainingError(f"training failed in a worker: {_worker_error(result.error)}")
+    summary = _summarize(run_dir, result, wall=time.time() - started)
+    (run_dir / ".result.json.tmp").write_text(json.dumps(summary, indent=2))
+    os.replace(run_dir / ".result.json.tmp", run_dir / "result.json")
+    return {**summary, "run_dir": str(run_dir)}
+
+
+def _absolute_paths(cfg: FinetuneConfig) -> FinetuneConfig:
+    """Local relative paths (relative to the current directory, as on the command line) made absolute."""
+    updates: dict[str, Any] = {}
+
+    def fix(value: str | None) -> str | None:
+        if not value or "://" in value or Path(value).is_absolute():
+            return value
+        local = Path(value).expanduser()
+        return str(local.resolve()) if local.exists() else value
+
+    for key in ("train_path", "valid_path", "model_id", "initial_base_model_ckpt_path", "initial_adapter_model_ckpt_path"):
+        new = fix(getattr(cfg, key))
+        if new != getattr(cfg, key):
+            updates[key] = new
+    if cfg.deepspeed is not None and fix(cfg.deepspeed.config_path) != cfg.deepspeed.config_path:
+        updates["deepspeed"] = cfg.deepspeed.model_copy(update={"config_path": fix(cfg.deepspeed.config_path)})
+    if not updates:
+        return cfg
+    new = cfg.model_copy(update=updates)
+    new._derived = cfg.derived
+    return new
+
+
+def _worker_error(e: BaseException) -> str:
+    text = str(e)
+    for cause in (getattr(e, "__cause__", None), getattr(e, "cause", None)):
+        if cause is not None:
+            text = f"{text}\n{cause}"
+    return text.strip()
+
+
+def _summarize(run_dir: Path, result: Any, wall: float) -> dict[str, Any]:
+    from forgekit.runs import list_checkpoints, read_metrics
+
+    train = read_metrics(run_dir, kind="train")
+    evals = read_metrics(run_dir, kind="eval")
+    final = read_metrics(run_dir, kind="final")
+    checkpoints = list_checkpoints(run_dir)
+    best_ckpt = result.best_checkpoints[0][0].path if evals and result.best_checkpoints else None
+    if evals:
+        by_loss = sorted((r for r in evals if "eval_loss" in r), key=lambda r: r["eval_loss"])
+        best = by_loss[0]
+        ckpt_for_best = {c.name: c for c in checkpoints}.get(f"step-{best['step']:06d}")
+        best_ckpt = str(ckpt_for_best) if ckpt_for_best else best_ckpt
+    info = final[-1] if final else {}
+    out = {
+        "best_checkpoint": str(best_ckpt) if best_ckpt else (str(checkpoints[-1]) if checkpoints else None),
+        "last_checkpoint": str(checkpoints[-1]) if checkpoints else None,
+        "checkpoints": [str(c) for c in checkpoints],
+        "best_eval_loss": min((r["eval_loss"] for r in evals), default=None),
+        "first_eval_loss": evals[0]["eval_loss"] if evals else None,
+        "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "final_train_loss": train[-1]["loss"] if train else None,
+        "steps": train[-1]["step"] if train else 0,
+        "train_tokens": info.get("train_tokens", train[-1]["tokens"] if train else 0),
+        "tokens_per_second": info.get("tokens_per_second"),
+        "wall_seconds": round(wall, 2),
+        "train_seconds": info.get("train_seconds"),
+    }
+    for key in ("eval_accuracy", "trainable_params", "total_params", "mfu", "peak_memory_gb", "precision", "world_size"):
+        if key in info:
+            out[key] = info[key]
+    if evals and "eval_accuracy" in evals[-1]:
+        out["best_eval_accuracy"] = max(r.get("eval_accuracy", 0.0) for r in evals)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- worker
+
+
+def _train_worker(wc: dict[str, Any]) -> None:
+    """One Ray Train worker: data → model → Trainer(+DeepSpeed) → train (resuming if a checkpoint exists)."""
+    import ray.train
+    import torch
+    import transformers
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer, Trainer, TrainingArguments
+
+    from forgekit.prepare import collate
+
+    transformers.logging.set_verbosity_error()
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    cfg = FinetuneConfig.model_validate(wc["config"])  # re-validate on the worker
+    run_dir = Path(wc["run_dir"])
+    logs = run_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    if not _verbose():  # the driver shows a progress bar; each worker's own output is kept in a file
+        import sys
+
+        sys.stdout = sys.stderr = open(logs / f"rank-{rank}.log", "a", buffering=1)  # noqa: SIM115
+    on_gpu = torch.cuda.is_available()
+    bf16 = on_gpu and torch.cuda.is_bf16_supported()
+
+    # --- data (tokenized once on the driver; the cache dir must be reachable from every node)
+    for key in ("train_dir", "valid_dir", "tokenizer_dir"):
+        if wc[key] and not Path(wc[key]).exists():
+            raise FileNotFoundError(
+                f"{wc[key]} is not visible on this node; set FORGEKIT_CACHE to storage shared by all nodes"
+            )
+    train_ds = load_from_disk(wc["train_dir"])
+    valid_ds = load_from_disk(wc["valid_dir"]) if wc["valid_dir"] else None
+    tokenizer = AutoTokenizer.from_pretrained(wc["tokenizer_dir"])
+    packed = "position_ids" in train_ds.column_names
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def data_collator(features: list[dict]) -> dict:
+        return collate(features, pad_token_id=pad_id, padding=cfg.padding, context_length=cfg.context_length)
+
+    # --- model
+    model = _load_model(cfg, tokenizer, torch.bfloat16 if bf16 else torch.float32, packed)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+
+    # --- schedule: the Trainer's own epoch/step arithmetic, mirrored to place evaluations in steps
+    per_device, accum = cfg.train_batch_size_per_device, cfg.gradient_accumulation_steps
+    batches_per_epoch = math.ceil(math.ceil(len(train_ds) / world) / per_device)
+    steps_per_epoch = max(batches_per_epoch // accum + int(batches_per_epoch % accum > 0), 1)
+    max_steps = cfg.max_steps or steps_per_epoch * cfg.num_epochs
+    freq = cfg.checkpoint_and_evaluation_frequency
+    every = freq.frequency if freq.unit == "steps" else freq.frequency * steps_per_epoch
+    every = max(1, min(every, max_steps))
+    has_eval = valid_ds is not None
+
+    # Ray hands every worker the latest registered checkpoint of this run (None on a fresh start)
+    checkpoint = ray.train.get_checkpoint()
+    staging = Path(tempfile.gettempdir()) / "forgekit-staging" / f"{run_dir.name}-{os.getuid()}"
+    if ctx.get_local_rank() == 0:
+        shutil.rmtree(staging, ignore_errors=True)
+    report_to, logging_dir = _logger_setup(cfg, run_dir)
+    if logging_dir:  # transformers 5 dropped TrainingArguments.logging_dir; its TensorBoard callback reads this
+        os.environ["TENSORBOARD_LOGGING_DIR"] = logging_dir
+    args = TrainingArguments(
+        output_dir=str(staging),
+        per_device_train_batch_size=per_device,
+        per_device_eval_batch_size=cfg.eval_batch_size_per_device or per_device,
+        gradient_accumulation_steps=accum,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.num_warmup_steps,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        num_train_epochs=cfg.num_epochs,
+        max_steps=max_steps,
+        logging_steps=cfg.logging_steps,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=every,
+        save_strategy="steps",
+        save_steps=every,
+        save_total_limit=1,  # staging only: Ray keeps the published checkpoints
+        eval_on_start=has_eval and checkpoint is None,  # the baseline; a resumed run already has it
+        bf16=bf16,
+        use_cpu=not on_gpu,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        deepspeed=deepspeed_config(cfg, bf16=bf16),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=report_to,
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        include_num_input_tokens_seen="all" if packed else "non_padding",
+        save_only_model=False,
+        ddp_find_unused_parameters=False,
+    )
+    reporter = _reporter_class()(run_dir, rank, world, max_steps, every, model, cfg, packed, trainable, total, on_gpu, bf16)
+    metrics_fns = _accuracy_fns() if cfg.task == "classification" else {}
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds.remove_columns([c for c in ("length",) if c in train_ds.column_names]),
+        eval_dataset=valid_ds.remove_columns(["length"]) if valid_ds is not None else None,
+        data_collator=data_collator,
+        processing_class=tokenizer,
+        callbacks=[reporter],
+        **metrics_fns,
+    )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # metrics.jsonl and the driver's progress bar replace it
+
+    # --- train, or resume from the Trainer checkpoint inside the Ray checkpoint
+    if checkpoint is None:
+        reporter.reset_metrics(after_step=None)
+        trainer.train()
+    else:
+        with checkpoint.as_directory() as ckpt_dir:
+            step = json.loads((Path(ckpt_dir) / "trainer_state.json").read_text())["global_step"]
+            reporter.reset_metrics(after_step=step)
+            local = staging / f"checkpoint-{step}"
+            if ctx.get_local_rank() == 0 and not local.exists():
+                shutil.copytree(ckpt_dir, local)
+            _barrier()
+            trainer.train(resume_from_checkpoint=str(local))
+    reporter.finish(trainer)
+    _barrier()
+    if ctx.get_local_rank() == 0:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _load_model(cfg: FinetuneConfig, tokenizer: Any, dtype: Any, packed: bool) -> Any:
+    """Base (or stage-1 full weights) + optional context extension, Liger, label tokens and LoRA."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from forgekit.models import resolve_model_path
+
+    source = resolve_model_path(cfg.initial_base_model_ckpt_path or cfg.model_id)
+    model_config = AutoConfig.from_pretrained(source)
+    model_max = getattr(model_config, "max_position_embeddings", None)
+    extra: dict[str, Any] = {}
+    if cfg.context_length and model_max and cfg.context_length > model_max:
+        # context extension: stretch RoPE so positions beyond the pretrained range map into it
+        scaling = dict(cfg.rope_scaling or {"rope_type": "linear", "factor": cfg.context_length / model_max})
+        rope = dict(getattr(model_config, "rope_parameters", None) or {})
+        rope.update(scaling)
+        rope.setdefault("rope_theta", getattr(model_config, "rope_theta", 10000.0))
+        model_config.rope_parameters = rope
+        model_config.max_position_embeddings = cfg.context_length
+        extra["config"] = model_config
+    elif cfg.rope_scaling:
+        rope = dict(getattr(model_config, "rope_parameters", None) or {})
+        rope.update(cfg.rope_scaling)
+        model_config.rope_parameters = rope
+        extra["config"] = model_config
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=cfg.attn_implementation, **extra)
+    model.config.use_cache = False
+    if cfg.liger_kernel.enabled:
+        from forgekit.perf import apply_liger
+
+        apply_liger(model, **cfg.liger_kernel.kwargs)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    if cfg.initial_adapter_model_ckpt_path:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, cfg.initial_adapter_model_ckpt_path, is_trainable=True)
+    elif cfg.lora_config:
+        from peft import LoraConfig, get_peft_model
+
+        lora = dict(cfg.lora_config)
+        if cfg.task == "classification" and not lora.get("modules_to_save") and not lora.get("trainable_token_indices"):
+            # the new label tokens need trained embedding rows (and output rows: tied or not)
+            label_ids = tokenizer.convert_tokens_to_ids(cfg.classifier_config.label_tokens)
+            lora["trainable_token_indices"] = {"embed_tokens": label_ids}
+            if not model.config.tie_word_embeddings:
+                lora["modules_to_save"] = ["lm_head"]
+        lora.setdefault("task_type", "CAUSAL_LM")
+        model = get_peft_model(model, LoraConfig(**lora))
+    if cfg.gradient_checkpointing and (cfg.lora_config or cfg.initial_adapter_model_ckpt_path):
+        model.enable_input_require_grads()
+    return model
+
+
+def _logger_setup(cfg: FinetuneConfig, run_dir: Path) -> tuple[list[str], str | None]:
+    if cfg.logger is None:
+        return [], None
+    pc = cfg.logger.provider_config
+    match cfg.logger.provider:
+        case "wandb":
+            for key, env in (("project", "WANDB_PROJECT"), ("entity", "WANDB_ENTITY"), ("group", "WANDB_RUN_GROUP")):
+                if key in pc:
+                    os.environ[env] = str(pc[key])
+            return ["wandb"], None
+        case "mlflow":
+            for key, env in (("tracking_uri", "MLFLOW_TRACKING_URI"), ("experiment_name", "MLFLOW_EXPERIMENT_NAME")):
+                if key in pc:
+                    os.environ[env] = str(pc[key])
+            return ["mlflow"], None
+        case _:
+            return ["tensorboard"], str(pc.get("log_dir", run_dir / "tensorboard"))
+
+
+def _accuracy_fns() -> dict[str, Any]:
+    """Classification accuracy: the predicted token at each trained (label) position equals the label."""
+    import numpy as np
+
+    def preprocess_logits_for_metrics(logits: Any, labels: Any) -> Any:
+        return logits.argmax(dim=-1)
+
+    def compute_metrics(pred: Any) -> dict[str, float]:
+        preds, labels = np.asarray(pred.predictions), np.asarray(pred.label_ids)
+        preds, labels = preds[:, :-1], labels[:, 1:]  # the token at t predicts label t+1
+        mask = labels != -100
+        return {"accuracy": float((preds[mask] == labels[mask]).mean()) if mask.any() else 0.0}
+
+    return {"compute_metrics": compute_metrics, "preprocess_logits_for_metrics": preprocess_logits_for_metrics}
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _publish(checkpoint: Any, dir_name: str) -> Any:
+    """Ray upload function: copy a checkpoint next to its final place, then rename it in (never half-visible)."""
+    import ray.train
+
+    storage = ray.train.get_context().get_storage()
+    target = Path(storage.experiment_fs_path) / dir_name
+    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(checkpoint.path, tmp)
+    if target.exists():  # another node already published its part: merge ours in
+        shutil.copytree(tmp, target, dirs_exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+    return ray.train.Checkpoint(path=str(target))
+
+
+def _reporter_class() -> type:
+    """The Trainer callback class (defined lazily: importing forgekit.train must not import transformers)."""
+    from transformers import TrainerCallback
+
+    class _Reporter(TrainerCallback):
+        """Rank 0 writes metrics.jsonl; every node's local rank 0 publishes checkpoints through Ray."""
+
+        def __init__(self, run_dir, rank, world, max_steps, every, model, cfg, packed, trainable, total, on_gpu, bf16):
+            self.run_dir, self.rank, self.world, self.max_steps, self.every = run_dir, rank, world, max_steps, every
+            self.metrics_file = run_dir / "metrics.jsonl"
+            self.cfg, self.packed, self.trainable, self.total, self.on_gpu, self.bf16 = cfg, packed, trainable, total, on_gpu, bf16
+            self.last_time, self.last_tokens, self.train_time, self.session_tokens = None, 0, 0.0, 0
+            self.flops_per_token = None
+            if on_gpu:
+                from forgekit.flops import model_flops_per_token, peak_tflops
+
+                import torch
+
+                base = model.get_base_model() if hasattr(model, "get_base_model") else model
+                lengths = run_dir / "manifest.json"
+                tl = json.loads(lengths.read_text()).get("token_length", {}) if lengths.exists() else {}
+                seq = tl.get("weighted_mean") or tl.get("mean") or cfg.context_length
+                self.flops_per_token = model_flops_per_token(base.config, seq, lora=bool(cfg.lora_config or cfg.initial_adapter_model_ckpt_path))
+                self.peak = peak_tflops(torch.cuda.get_device_name())
+
+        # metrics.jsonl --------------------------------------------------------------------------------------
+        def reset_metrics(self, after_step: int | None) -> None:
+            """Fresh run: start the file. Resumed run: drop lines past the checkpoint (the steps are redone)."""
+            if self.rank != 0:
+                return
+            kept = []
+            if after_step is not None and self.metrics_file.exists():
+                for line in self.metrics_file.read_text().splitlines():
+                    with contextlib.suppress(json.JSONDecodeError):
+                        row = json.loads(line)
+                        if row.get("step", 0) <= after_step and row.get("kind") in ("train", "eval"):
+                            kept.append(line)
+            tmp = self.metrics_file.with_suffix(".tmp")
+            tmp.write_text("".join(f"{line}\n" for line in kept))
+            os.replace(tmp, self.metrics_file)
+
+        def _write(self, row: dict) -> None:
+            if self.rank == 0:
+                with self.metrics_file.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.last_time, self.last_tokens = time.perf_counter(), state.num_input_tokens_seen
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            self.last_time = time.perf_counter()  # evaluation time is not training time
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = dict(logs or {})
+            now = time.perf_counter()
+            if "loss" in logs:
+                tokens = state.num_input_tokens_seen
+                dt = max(now - self.last_time, 1e-9)
+                tps = (tokens - self.last_tokens) / dt
+                self.train_time += dt
+                self.session_tokens += tokens - self.last_tokens
+                row = {
+                    "kind": "train",
+                    "step": state.global_step,
+                    "max_steps": self.max_steps,
+                    "epoch": round(state.epoch or 0.0, 4),
+                    "loss": logs["loss"],
+                    "learning_rate": logs.get("learning_rate"),
+                    "grad_norm": logs.get("grad_norm"),
+                    "tokens": tokens,
+                    "tokens_per_second": round(tps, 2),
+                    "time": time.time(),
+                }
+                if self.on_gpu:
+                    import torch
+
+                    row["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+                    if self.flops_per_token and self.peak:
+                        row["mfu"] = round(tps * self.flops_per_token / (self.world * self.peak * 1e12), 4)
+                self._write(row)
+                self.last_time, self.last_tokens = now, tokens
+            elif "eval_loss" in logs:
+                row = {
+                    "kind": "eval",
+                    "step": state.global_step,
+                    "max_steps": self.max_steps,
+                    "epoch": round(state.epoch or 0.0, 4),
+                    "eval_loss": logs["eval_loss"],
+                    "perplexity": math.exp(min(logs["eval_loss"], 50.0)),
+                    "time": time.time(),
+                }
+                if "eval_accuracy" in logs:
+                    row["eval_accuracy"] = logs["eval_accuracy"]
+                self._write(row)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= self.max_steps and state.global_step % self.every:
+                control.should_save = True  # the last step is always checkpointed (and evaluated)
+                control.should_evaluate = args.eval_strategy != "no"
+
+        def on_save(self, args, state, control, **kwargs):
+            import ray.train
+
+            _barrier()  # every rank has written its shard of checkpoint-N
+            local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            metrics = {"step": state.global_step}
+            for row in reversed(state.log_history):
+                if "eval_loss" in row and row.get("step") == state.global_step:
+                    metrics["eval_loss"] = row["eval_loss"]
+                    break
+            publish = ray.train.get_context().get_local_rank() == 0 and local.exists()
+            checkpoint = ray.train.Checkpoint.from_directory(str(local)) if publish else None
+            ray.train.report(
+                metrics,
+                checkpoint=checkpoint,
+                checkpoint_dir_name=f"{CHECKPOINTS}/step-{state.global_step:06d}",
+                checkpoint_upload_fn=_publish if _local_storage() else None,
+            )
+
+        def finish(self, trainer: Any) -> None:
+            import torch
+
+            if self.rank != 0:
+                return
+            tps = self.session_tokens / self.train_time if self.train_time else None
+            row = {
+                "kind": "final",
+                "step": trainer.state.global_step,
+                "train_tokens": trainer.state.num_input_tokens_seen,
+                "train_seconds": round(self.train_time, 2),
+                "tokens_per_second": round(tps, 2) if tps else None,
+                "trainable_params": self.trainable,
+                "total_params": self.total,
+                "precision": "bf16" if self.bf16 else "fp32",
+                "world_size": self.world,
+            }
+            if self.on_gpu:
+                row["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+                if self.flops_per_token and self.peak and tps:
+                    row["mfu"] = round(tps * self.flops_per_token / (self.world * self.peak * 1e12), 4)
+            evals = [r for r in trainer.state.log_history if "eval_accuracy" in r]
+            if evals:
+                row["eval_accuracy"] = evals[-1]["eval_accuracy"]
+            self._write(row)
+
+    return _Reporter
+
+
+def _local_storage() -> bool:
+    import ray.train
+    from pyarrow.fs import LocalFileSystem
+
+    return isinstance(ray.train.get_context().get_storage().storage_filesystem, LocalFileSystem)

@@ -1,0 +1,220 @@
+"""The GPU tier (``pytest -m gpu`` on a CUDA host): forgekit's fast paths on the device, through the real path.
+
+- The attention paths forgekit picks for packed rows (``forgekit_varlen``: PyTorch's variable-length
+  FlashAttention; ``flex_attention``) keep the examples of a packed row apart in bf16 on the GPU: every
+  example's logits inside the row match the example run alone, within a tolerance derived from bf16 and
+  checked to be tight enough to catch contamination (a control that lets examples see each other fails it).
+- ``forgekit.train.finetune`` on a tiny model through Ray + DeepSpeed ZeRO-2 (LoRA) and ZeRO-3 (full):
+  runs, learns, checkpoints, reports GPU figures.
+- Packed == unpacked through ``finetune``: with the whole data set in one optimizer step, the logged loss of
+  step 1 (before any update) and of step 2 (after one update, so the gradients agree too) match.
+- Resume: a run killed after its first checkpoint and started again continues with the same losses as a
+  run that was never interrupted.
+
+The tiny model is built from the embedded SmolLM2's config and tokenizer; on a host without the embedded
+model, point ``FORGEKIT_TINY_SOURCE`` at a folder with its ``config.json`` and tokenizer files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+REPO = Path(__file__).resolve().parents[1]
+# bf16 keeps 8 significant bits: one rounding is at most 2**-9 relative. Logits come out of a few layers of
+# bf16 matmuls (each output summed in fp32, rounded once to bf16) whose kernels differ between the paths
+# compared (dense-mask SDPA, FlashAttention varlen, FlexAttention), so equal math differs by a few roundings
+# of each intermediate. The tolerance is 16 roundings of the largest logit, 2**-5 of it; the contamination
+# control below must exceed it, so the test can fail.
+BF16_LOGIT_TOL = 2.0**-5
+
+
+@pytest.fixture(scope="module")
+def gpu_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer random SmolLM2-shaped model (real tokenizer) saved as a Hugging Face model dir."""
+    from forgekit.testing import build_tiny_model
+
+    source = os.environ.get("FORGEKIT_TINY_SOURCE")
+    if not source:
+        from forgekit.models import fetch_model
+
+        source = fetch_model()
+    return build_tiny_model(tmp_path_factory.mktemp("gpu-tiny"), source=source)
+
+
+def _random_llama(attn: str, seed: int = 0) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=8,
+                      num_key_value_heads=2, vocab_size=1000, max_position_embeddings=2048, use_cache=False,
+                      initializer_range=0.1)  # larger than default, so attending elsewhere shows in the logits
+    model = LlamaForCausalLM(cfg).to(device="cuda", dtype=torch.bfloat16)
+    model.set_attn_implementation(attn)
+    return model
+
+
+def _examples(lengths: list[int]) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.randint(0, 1000, (n,), generator=g).cuda() for n in lengths]
+
+
+@pytest.mark.parametrize("attn", ["varlen", "varlen+boundaries", "flex_attention", "sdpa"])
+def test_packed_row_logits_equal_each_example_alone_in_bf16(attn):
+    from forgekit import perf
+
+    lengths = [300, 17, 1024, 1, 433, 129]
+    ex = _examples(lengths)
+    name = perf.pick_attention(attn.split("+")[0], packing=True, on_gpu=True)
+    ids = torch.cat(ex)[None]
+    pos = torch.cat([torch.arange(n, device="cuda") for n in lengths])[None]
+    extra = perf.varlen_kwargs(pos.cpu()) if attn.endswith("boundaries") else {}
+    extra = {k: v.cuda() if torch.is_tensor(v) else v for k, v in extra.items()}
+    with torch.no_grad():
+        ref = _random_llama("sdpa")
+        alone = [ref(input_ids=x[None]).logits[0].float() for x in ex]
+        model = _random_llama(name)
+        packed = model(input_ids=ids, position_ids=pos, **extra).logits[0].float()
+        # control: the KV cache switches transformers' packed-row detection off: examples see each other
+        leaky = ref(input_ids=ids, position_ids=pos, use_cache=True).logits[0].float()
+    scale = max(float(a.abs().max()) for a in alone)
+    start, worst, worst_leak = 0, 0.0, 0.0
+    for a, n in zip(alone, lengths):
+        worst = max(worst, float((packed[start:start + n] - a).abs().max()))
+        worst_leak = max(worst_leak, float((leaky[start:start + n] - a).abs().max()))
+        start += n
+    assert worst <= BF16_LOGIT_TOL * scale, f"{attn}: max |logit diff| {worst:.4f} vs scale {scale:.3f}"
+    assert worst_leak > BF16_LOGIT_TOL * scale, "the control should show contamination; the tolerance is too loose"
+
+
+def test_varlen_gradients_match_sdpa_in_bf16():
+    from forgekit import perf
+
+    lengths = [700, 64, 900, 5]
+    ex = _examples(lengths)
+    ids = torch.cat(ex)[None]
+    pos = torch.cat([torch.arange(n, device="cuda") for n in lengths])[None]
+    grads = {}
+    for attn in ("sdpa", perf.register_varlen_attention()):
+        model = _random_llama(attn)
+        model(input_ids=ids, position_ids=pos, labels=ids).loss.backward()
+        grads[attn] = model.model.layers[0].self_attn.q_proj.weight.grad.float()
+    a, b = grads.values()
+    rel = float((a - b).norm() / a.norm())
+    assert rel < 2e-2, f"relative gradient difference {rel:.4f}"
+
+
+def _counting_data(path: Path, n: int = 48) -> Path:
+    rows = []
+    for i in range(1, n + 1):
+        rows.append({"messages": [{"role": "user", "content": f"Count to {i % 24 + 1}."},
+                                  {"role": "assistant", "content": " ".join(str(k) for k in range(i % 24 + 1))}]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _config(tmp: Path, model_dir: Path, **over) -> Path:
+    import yaml
+
+    cfg = {
+        "model_id": str(model_dir),
+        "train_path": str(_counting_data(tmp / "train.jsonl")),
+        "context_length": 256,
+        "num_devices": 1,
+        "use_gpu": True,
+        "learning_rate": 3e-3,
+        "lr_scheduler_type": "constant",
+        "num_warmup_steps": 0,
+        "lora_config": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"},
+        "deepspeed": {"config_path": str(REPO / "deepspeed_configs" / "zero_2.json")},
+        "output_dir": str(tmp / "runs"),
+        "logging_steps": 1,
+        **over,
+    }
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize(("zero", "lora"), [(2, True), (3, False)])
+def test_finetune_through_ray_and_deepspeed(tmp_path, gpu_tiny_model, zero, lora):
+    from forgekit.runs import list_checkpoints, read_metrics
+    from forgekit.train import finetune
+
+    over = {"deepspeed": {"config_path": str(REPO / "deepspeed_configs" / f"zero_{zero}.json")},
+            "packing": True, "max_steps": 8, "train_batch_size_per_device": 2, "gradient_accumulation_steps": 1,
+            "run_name": f"zero{zero}"}
+    if not lora:
+        over |= {"lora_config": None, "learning_rate": 1e-3}
+    result = finetune(_config(tmp_path, gpu_tiny_model, **over), progress=False)
+    train = read_metrics(result["run_dir"], kind="train")
+    assert result["steps"] == 8 and len(train) == 8
+    assert all(r["peak_memory_gb"] > 0 and r["tokens_per_second"] > 0 for r in train)
+    assert train[-1]["loss"] < train[0]["loss"]
+    ckpt = list_checkpoints(result["run_dir"])[-1]
+    weights = "adapter_model.safetensors" if lora else "model.safetensors"
+    assert (ckpt / weights).exists(), sorted(p.name for p in ckpt.iterdir())
+
+
+def test_packed_loss_equals_unpacked_loss_through_finetune(tmp_path, gpu_tiny_model):
+    from forgekit.runs import read_metrics
+    from forgekit.train import finetune
+
+    losses = {}
+    for packing in (False, True):
+        d = tmp_path / f"packing-{packing}"
+        d.mkdir()
+        # the whole data set in one optimizer step, two epochs: step 1 is the loss before any update,
+        # step 2 the loss after one update (so the gradients must match too)
+        over = {"packing": packing, "max_steps": 2, "train_batch_size_per_device": 64,
+                "gradient_accumulation_steps": 1, "run_name": "p", "num_epochs": 2}
+        result = finetune(_config(d, gpu_tiny_model, **over), progress=False)
+        losses[packing] = [r["loss"] for r in read_metrics(result["run_dir"], kind="train")]
+    assert len(losses[True]) == len(losses[False]) == 2
+    # one bf16 rounding of the mean loss is 2**-9 relative; allow four
+    for a, b in zip(losses[False], losses[True]):
+        assert b == pytest.approx(a, rel=2.0**-7)
+
+
+def test_resume_after_kill_continues_like_an_uninterrupted_run(tmp_path, gpu_tiny_model):
+    from forgekit.runs import list_checkpoints, read_metrics
+    from forgekit.train import finetune
+
+    over = {"packing": True, "max_steps": 24, "train_batch_size_per_device": 2, "gradient_accumulation_steps": 1,
+            "checkpoint_and_evaluation_frequency": {"unit": "steps", "frequency": 4}, "num_checkpoints_to_keep": 10}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    full = finetune(_config(tmp_path / "a", gpu_tiny_model, run_name="r", **over), progress=False)
+    uninterrupted = {r["step"]: r["loss"] for r in read_metrics(full["run_dir"], kind="train")}
+
+    cfg_b = _config(tmp_path / "b", gpu_tiny_model, run_name="r", **over)
+    run_dir = tmp_path / "b" / "runs" / "r"
+    code = f"from forgekit.train import finetune; finetune({str(cfg_b)!r}, progress=False)"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list_checkpoints(run_dir):
+        time.sleep(0.2)
+    if proc.poll() is not None:
+        pytest.fail(f"the run ended (rc={proc.returncode}) before it could be interrupted")
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver, its Ray cluster and the worker: a lost machine
+    proc.wait()
+    assert not (run_dir / "result.json").exists()
+    resumed = finetune(cfg_b, progress=False)
+    rows = read_metrics(resumed["run_dir"], kind="train")
+    assert resumed["steps"] == 24 and [r["step"] for r in rows] == list(range(1, 25))
+    for r in rows:
+        assert r["loss"] == pytest.approx(uninterrupted[r["step"]], rel=1e-3), r["step"]

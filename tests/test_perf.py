@@ -1,0 +1,148 @@
+"""Tests for forgekit.perf: each speed lever keeps what the model computes (CPU, a tiny random Llama)."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from forgekit import perf
+
+CFG = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4,
+       "num_key_value_heads": 2, "vocab_size": 97, "max_position_embeddings": 256}
+LENGTHS = [7, 30, 1, 19]
+
+
+def tiny(attn: str = "sdpa") -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**CFG, use_cache=False))
+    model.set_attn_implementation(attn)
+    return model.eval()
+
+
+def examples() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.randint(0, CFG["vocab_size"], (n,), generator=g) for n in LENGTHS]
+
+
+def packed(ex: list[torch.Tensor]) -> dict:
+    ids = torch.cat(ex)[None]
+    pos = torch.cat([torch.arange(len(x)) for x in ex])[None]
+    return {"input_ids": ids, "position_ids": pos}
+
+
+def test_varlen_kwargs_finds_documents_and_row_starts():
+    pos = torch.tensor([[0, 1, 2, 0, 1, 0], [5, 6, 0, 1, 2, 3]])
+    kw = perf.varlen_kwargs(pos)
+    assert kw["cu_seq_lens_q"].tolist() == [0, 3, 5, 6, 8, 12]
+    assert kw["cu_seq_lens_q"].dtype == torch.int32
+    assert kw["max_length_q"] == kw["max_length_k"] == 4
+
+
+@pytest.mark.parametrize("with_kwargs", [False, True])
+def test_varlen_packed_logits_equal_each_example_alone(with_kwargs):
+    ref, model = tiny("sdpa"), tiny(perf.register_varlen_attention())
+    ex = examples()
+    batch = packed(ex)
+    if with_kwargs:
+        batch |= perf.varlen_kwargs(batch["position_ids"])
+    with torch.no_grad():
+        out = model(**batch).logits[0]
+        alone = [ref(input_ids=x[None]).logits[0] for x in ex]
+    torch.testing.assert_close(out, torch.cat(alone), rtol=1e-5, atol=1e-5)
+
+
+def test_varlen_padded_batch_equals_unpadded():
+    ref, model = tiny("sdpa"), tiny(perf.pick_attention("varlen", packing=False, on_gpu=False))
+    ex = examples()
+    width = max(LENGTHS)
+    ids = torch.zeros(len(ex), width, dtype=torch.long)
+    mask = torch.zeros(len(ex), width, dtype=torch.long)
+    for i, x in enumerate(ex):
+        ids[i, : len(x)], mask[i, : len(x)] = x, 1
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask).logits
+        for i, x in enumerate(ex):
+            torch.testing.assert_close(out[i, : len(x)], ref(input_ids=x[None]).logits[0], rtol=1e-5, atol=1e-5)
+
+
+def test_varlen_refuses_dropout():
+    q = torch.zeros(1, 2, 3, 4)
+    with pytest.raises(ValueError, match="dropout"):
+        perf.varlen_attention_forward(None, q, q, q, None, dropout=0.1)
+
+
+def test_pick_attention():
+    assert perf.pick_attention("sdpa", packing=True, on_gpu=True) == "sdpa"
+    assert perf.pick_attention("auto", packing=True, on_gpu=False) == "sdpa"
+    assert perf.pick_attention("varlen", packing=True, on_gpu=False) == perf.VARLEN
+    expected = perf.VARLEN if perf.varlen_available() else "flex_attention"
+    assert perf.pick_attention("auto", packing=True, on_gpu=True) == expected
+
+
+def test_selective_checkpointing_counts_layers():
+    model = tiny()
+    assert perf.set_activation_checkpointing(model, 1) == 3
+    assert perf.set_activation_checkpointing(model, 2) == 2  # layers 0 and 2
+    assert [layer.gradient_checkpointing for layer in perf.decoder_layers(model)] == [True, False, True]
+    assert perf.set_activation_checkpointing(model, 0) == 0
+    with pytest.raises(ValueError, match=">= 0"):
+        perf.set_activation_checkpointing(model, -1)
+
+
+def test_selective_checkpointing_keeps_gradients():
+    ex = examples()
+    grads = []
+    for every in (0, 2, 1):
+        model = tiny().train()
+        perf.set_activation_checkpointing(model, every)
+        batch = packed(ex)
+        model(**batch, labels=batch["input_ids"]).loss.backward()
+        grads.append(model.model.layers[0].mlp.up_proj.weight.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+    torch.testing.assert_close(grads[0], grads[2])
+
+
+def test_checkpoint_period_grows_with_tokens():
+    llama8b = {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+               "num_attention_heads": 32, "num_key_value_heads": 8}
+    free = 60 * 2**30
+    periods = [perf.checkpoint_period(llama8b, n, free, liger=True) for n in (1024, 8192, 65536)]
+    assert periods[0] == 0 and periods[-1] == 1
+    stored, ckpt = perf.activation_bytes_per_token(llama8b, liger=True)
+    assert ckpt == 2 * 4096 and stored > 10 * ckpt
+
+
+def test_pad_packed_batch_adds_a_separate_example():
+    ex = examples()
+    batch = packed(ex)
+    batch["labels"] = batch["input_ids"].clone()
+    out = perf.pad_packed_batch(batch, 16, pad_token_id=0)
+    n = batch["input_ids"].shape[1]
+    assert out["input_ids"].shape[1] % 16 == 0 and out["input_ids"].shape[1] >= n
+    assert (out["labels"][0, n:] == -100).all() and out["position_ids"][0, n] == 0
+    model = tiny()
+    with torch.no_grad():
+        a = model(**batch).logits[0]
+        b = model(**out).logits[0, :n]
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="packed row"):
+        perf.pad_packed_batch({"input_ids": batch["input_ids"]}, 16, 0)
+
+
+def test_compile_decoder_layers_same_outputs():
+    ex = examples()
+    model = tiny()
+    with torch.no_grad():
+        before = model(**packed(ex)).logits
+        assert perf.compile_decoder_layers(model, backend="eager") == 3
+        after = model(**packed(ex)).logits
+    torch.testing.assert_close(before, after)
+
+
+def test_fused_optimizer_name():
+    assert perf.fused_optimizer_name(True) == "adamw_torch_fused"
+    assert perf.fused_optimizer_name(False) == "adamw_torch"
+
+
+def test_apply_liger_reports_what_it_did():
+    pytest.importorskip("liger_kernel")
+    assert perf.apply_liger(tiny()) is True
