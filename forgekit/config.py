@@ -117,7 +117,7 @@ class CheckpointFrequency(_Strict):
 
 
 class LigerConfig(_Strict):
-    enabled: bool = False
+    enabled: bool | None = Field(None, description="Liger kernels. Unset: on for GPU runs when liger-kernel is installed.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Passed to liger's apply function.")
 
 
@@ -133,9 +133,10 @@ class FinetuneConfig(_Strict):
     padding: Literal["longest", "max_length"] = Field(
         "longest", description="'max_length' pads every batch to context_length (worst-case memory)."
     )
-    packing: bool = Field(
-        False,
-        description="forgekit: pack several examples per row with per-example position ids (no cross-attention).",
+    packing: bool | None = Field(
+        None,
+        description="forgekit: pack several examples per row with per-example position ids (no cross-attention). "
+        "Unset: on for GPU runs of instruction_tuning / causal_lm with padding: longest, off on CPU.",
     )
     overlength: Literal["auto", "drop", "truncate"] = Field(
         "auto",
@@ -168,7 +169,14 @@ class FinetuneConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     gradient_checkpointing: bool = True
-    attn_implementation: Literal["sdpa", "eager", "flex_attention", "flash_attention_2"] = "sdpa"
+    attn_implementation: Literal["auto", "varlen", "sdpa", "eager", "flex_attention", "flash_attention_2"] = Field(
+        "auto",
+        description="auto: PyTorch's varlen FlashAttention on CUDA GPUs (forgekit.perf), flex_attention for packed "
+        "rows where varlen is missing, sdpa on CPU.",
+    )
+    torch_compile: bool | None = Field(
+        None, description="forgekit: torch.compile each decoder layer. Unset: on for GPU runs with ZeRO stage 0-2."
+    )
     lora_config: dict[str, Any] | None = Field(
         None, description="peft LoraConfig keywords; unset = full fine-tuning (LoRA r=8 in default mode)."
     )

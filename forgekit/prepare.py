@@ -354,6 +354,11 @@ def prepare_data(cfg: FinetuneConfig, *, use_gpu: bool | None = None, root: Path
         import torch
 
         use_gpu = cfg.use_gpu if cfg.use_gpu is not None else torch.cuda.is_available()
+    if cfg.packing is None:
+        # packing pays where attention can skip across examples cheaply (varlen / flex on GPUs); on CPU the
+        # block-diagonal mask of a packed row costs more than the padding it saves
+        auto = use_gpu and cfg.task in ("instruction_tuning", "causal_lm") and cfg.padding == "longest"
+        cfg = with_derived(cfg, packing=auto)
     try:
         tok = load_tokenizer(cfg)
     except FormatError as e:

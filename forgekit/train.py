@@ -37,7 +37,7 @@ from typing import Any
 
 from forgekit.config import ConfigError, FinetuneConfig, apply_overrides, format_config, load_config
 
-__all__ = ["finetune", "TrainingError", "deepspeed_config", "run_name_for"]
+__all__ = ["finetune", "TrainingError", "deepspeed_config", "init_ray", "run_name_for"]
 
 log = logging.getLogger("forgekit")
 CHECKPOINTS = "checkpoints"
@@ -121,7 +121,12 @@ def _cluster_has_gpus(address: str | None) -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-def _init_ray(address: str | None, cfg: FinetuneConfig) -> None:
+def init_ray(address: str | None = None, num_devices: int = 1) -> None:
+    """Connect to a Ray cluster (`address`, else `$RAY_ADDRESS`) or start a quiet local one; no-op if connected.
+
+    A local cluster has the dashboard off, `max(cpu_count, num_devices)` CPUs (so 2 CPU workers fit a
+    2-core laptop) and every local GPU.
+    """
     import ray
 
     if ray.is_initialized():
@@ -135,6 +140,7 @@ def _init_ray(address: str | None, cfg: FinetuneConfig) -> None:
         "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
         "PYTHONWARNINGS": "ignore",
         "FORGEKIT_VERBOSE": "0",
+        "FORGEKIT_SLOW_STEP_SECONDS": "0",
     }
     runtime_env = {"env_vars": {k: os.environ.get(k, v) for k, v in env.items()}}
     if address:
@@ -142,17 +148,25 @@ def _init_ray(address: str | None, cfg: FinetuneConfig) -> None:
         return
     import torch
 
-    cpus = max(os.cpu_count() or 1, cfg.num_devices)
+    cpus = max(os.cpu_count() or 1, num_devices)
     gpus = torch.cuda.device_count()
-    ray.init(
-        num_cpus=cpus,
-        num_gpus=gpus,
-        include_dashboard=False,
-        logging_level=logging.ERROR,
-        log_to_driver=_verbose(),  # worker output goes to run_dir/logs/; errors reach the driver as exceptions
-        configure_logging=True,
-        runtime_env=runtime_env,
-    )
+    for attempt in range(3):
+        try:
+            ray.init(
+                num_cpus=cpus,
+                num_gpus=gpus,
+                include_dashboard=False,
+                logging_level=logging.ERROR,
+                log_to_driver=_verbose(),  # worker output goes to run_dir/logs/; errors reach the driver as exceptions
+                configure_logging=True,
+                runtime_env=runtime_env,
+            )
+            return
+        except Exception as e:  # Ray gives a busy machine 30 s to start its node, then gives up
+            if "timed out during startup" not in str(e) or attempt == 2:
+                raise
+            log.warning("forgekit: the local Ray node was slow to start (busy machine?); retrying")
+            ray.shutdown()
 
 
 def _verbose() -> bool:
@@ -255,7 +269,7 @@ def finetune(
     from forgekit.prepare import prepare_data
 
     cfg = _absolute_paths(cfg)  # workers run in another directory
-    _init_ray(address, cfg)
+    init_ray(address, cfg.num_devices)
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else _cluster_has_gpus(address)
     prepared = prepare_data(cfg, use_gpu=use_gpu)
     cfg = prepared.resolved
@@ -277,6 +291,8 @@ def finetune(
         "tokenizer_dir": str(prepared.tokenizer_dir),
         "run_dir": str(run_dir),
         "manifest": prepared.manifest,
+        # a re-run after the driver itself died (Ctrl-C, kill -9, lost machine) resumes from here
+        "resume_from": _last_checkpoint(run_dir),
     }
     keep = ray.train.CheckpointConfig(
         num_to_keep=cfg.num_checkpoints_to_keep,
@@ -316,6 +332,14 @@ def finetune(
     (run_dir / ".result.json.tmp").write_text(json.dumps(summary, indent=2))
     os.replace(run_dir / ".result.json.tmp", run_dir / "result.json")
     return {**summary, "run_dir": str(run_dir)}
+
+
+def _last_checkpoint(run_dir: Path) -> str | None:
+    """The newest complete checkpoint in the run directory (published by an atomic rename), if any."""
+    from forgekit.runs import list_checkpoints
+
+    done = [c for c in list_checkpoints(run_dir) if (c / "trainer_state.json").is_file()]
+    return str(done[-1]) if done else None
 
 
 def _absolute_paths(cfg: FinetuneConfig) -> FinetuneConfig:
@@ -377,7 +401,7 @@ def _summarize(run_dir: Path, result: Any, wall: float) -> dict[str, Any]:
         "wall_seconds": round(wall, 2),
         "train_seconds": info.get("train_seconds"),
     }
-    for key in ("eval_accuracy", "trainable_params", "total_params", "mfu", "peak_memory_gb", "precision", "world_size"):
+    for key in ("eval_accuracy", "trainable_params", "total_params", "mfu", "peak_memory_gb", "precision", "world_size", "levers"):
         if key in info:
             out[key] = info[key]
     if evals and "eval_accuracy" in evals[-1]:
@@ -396,6 +420,7 @@ def _train_worker(wc: dict[str, Any]) -> None:
     from datasets import load_from_disk
     from transformers import AutoTokenizer, Trainer, TrainingArguments
 
+    from forgekit import perf
     from forgekit.prepare import collate
 
     transformers.logging.set_verbosity_error()
@@ -425,13 +450,45 @@ def _train_worker(wc: dict[str, Any]) -> None:
     packed = "position_ids" in train_ds.column_names
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
+    # --- speed levers (forgekit.perf; each measured in benchmarks/results): attention kernel, Liger, selective
+    # activation checkpointing, compiled decoder layers, fused AdamW. On CPU: sdpa, no Liger, no compile.
+    attn = perf.pick_attention(cfg.attn_implementation, packing=packed, on_gpu=on_gpu)
+    ds = deepspeed_config(cfg, bf16=bf16)
+    zero_stage = int((ds or {}).get("zero_optimization", {}).get("stage", 0))
+    liger = cfg.liger_kernel.enabled
+    if liger is None:
+        import importlib.util
+
+        liger = on_gpu and importlib.util.find_spec("liger_kernel") is not None
+    compile_layers = cfg.torch_compile if cfg.torch_compile is not None else (on_gpu and zero_stage < 3)
+
     def data_collator(features: list[dict]) -> dict:
-        return collate(features, pad_token_id=pad_id, padding=cfg.padding, context_length=cfg.context_length)
+        batch = collate(features, pad_token_id=pad_id, padding=cfg.padding, context_length=cfg.context_length)
+        if attn == perf.VARLEN and "position_ids" in batch:
+            batch.update(perf.varlen_kwargs(batch["position_ids"]))  # document boundaries, once, on the CPU
+        return batch
 
     # --- model
-    model = _load_model(cfg, tokenizer, torch.bfloat16 if bf16 else torch.float32, packed)
+    model = _load_model(cfg, tokenizer, torch.bfloat16 if bf16 else torch.float32, attn, liger)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
+    every = 0
+    if cfg.gradient_checkpointing:
+        every = 1
+        if on_gpu:  # checkpoint only as many layers as memory requires
+            every = perf.checkpoint_period(
+                perf._base_model(model).config,
+                cfg.train_batch_size_per_device * cfg.context_length,
+                _free_activation_bytes(model, trainable, zero_stage, world),
+                liger=liger,
+            )
+    checkpointed = perf.set_activation_checkpointing(model, every) if every else 0
+    if compile_layers:
+        perf.compile_decoder_layers(model, dynamic=True)
+    levers = {"attention": attn, "liger": liger, "checkpointed_layers": checkpointed,
+              "compiled": bool(compile_layers), "packing": packed, "zero_stage": zero_stage}
+    if rank == 0:
+        print(f"forgekit levers: {levers}", flush=True)
 
     # --- schedule: the Trainer's own epoch/step arithmetic, mirrored to place evaluations in steps
     per_device, accum = cfg.train_batch_size_per_device, cfg.gradient_accumulation_steps
@@ -439,12 +496,15 @@ def _train_worker(wc: dict[str, Any]) -> None:
     steps_per_epoch = max(batches_per_epoch // accum + int(batches_per_epoch % accum > 0), 1)
     max_steps = cfg.max_steps or steps_per_epoch * cfg.num_epochs
     freq = cfg.checkpoint_and_evaluation_frequency
-    every = freq.frequency if freq.unit == "steps" else freq.frequency * steps_per_epoch
-    every = max(1, min(every, max_steps))
+    eval_every = freq.frequency if freq.unit == "steps" else freq.frequency * steps_per_epoch
+    eval_every = max(1, min(eval_every, max_steps))
     has_eval = valid_ds is not None
 
-    # Ray hands every worker the latest registered checkpoint of this run (None on a fresh start)
+    # Ray hands every worker the latest checkpoint of this run after a worker failure; after a driver restart
+    # the driver found it in the run directory
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and wc.get("resume_from"):
+        checkpoint = ray.train.Checkpoint(path=wc["resume_from"])
     staging = Path(tempfile.gettempdir()) / "forgekit-staging" / f"{run_dir.name}-{os.getuid()}"
     if ctx.get_local_rank() == 0:
         shutil.rmtree(staging, ignore_errors=True)
@@ -465,16 +525,16 @@ def _train_worker(wc: dict[str, Any]) -> None:
         max_steps=max_steps,
         logging_steps=cfg.logging_steps,
         eval_strategy="steps" if has_eval else "no",
-        eval_steps=every,
+        eval_steps=eval_every,
         save_strategy="steps",
-        save_steps=every,
+        save_steps=eval_every,
         save_total_limit=1,  # staging only: Ray keeps the published checkpoints
         eval_on_start=has_eval and checkpoint is None,  # the baseline; a resumed run already has it
         bf16=bf16,
         use_cpu=not on_gpu,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        deepspeed=deepspeed_config(cfg, bf16=bf16),
+        gradient_checkpointing=False,  # set per layer above (perf.set_activation_checkpointing)
+        optim=perf.fused_optimizer_name(on_gpu),
+        deepspeed=ds,
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to=report_to,
@@ -485,7 +545,8 @@ def _train_worker(wc: dict[str, Any]) -> None:
         save_only_model=False,
         ddp_find_unused_parameters=False,
     )
-    reporter = _reporter_class()(run_dir, rank, world, max_steps, every, model, cfg, packed, trainable, total, on_gpu, bf16)
+    reporter = _reporter_class()(run_dir, rank, world, max_steps, eval_every, model, cfg, packed, trainable, total, on_gpu, bf16)
+    reporter.levers = levers
     metrics_fns = _accuracy_fns() if cfg.task == "classification" else {}
     trainer = Trainer(
         model=model,
@@ -520,7 +581,7 @@ def _train_worker(wc: dict[str, Any]) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _load_model(cfg: FinetuneConfig, tokenizer: Any, dtype: Any, packed: bool) -> Any:
+def _load_model(cfg: FinetuneConfig, tokenizer: Any, dtype: Any, attn: str, liger: bool) -> Any:
     """Base (or stage-1 full weights) + optional context extension, Liger, label tokens and LoRA."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -544,9 +605,9 @@ def _load_model(cfg: FinetuneConfig, tokenizer: Any, dtype: Any, packed: bool) -
         rope.update(cfg.rope_scaling)
         model_config.rope_parameters = rope
         extra["config"] = model_config
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=cfg.attn_implementation, **extra)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn, **extra)
     model.config.use_cache = False
-    if cfg.liger_kernel.enabled:
+    if liger:
         from forgekit.perf import apply_liger
 
         apply_liger(model, **cfg.liger_kernel.kwargs)
@@ -568,9 +629,21 @@ def _load_model(cfg: FinetuneConfig, tokenizer: Any, dtype: Any, packed: bool) -
                 lora["modules_to_save"] = ["lm_head"]
         lora.setdefault("task_type", "CAUSAL_LM")
         model = get_peft_model(model, LoraConfig(**lora))
-    if cfg.gradient_checkpointing and (cfg.lora_config or cfg.initial_adapter_model_ckpt_path):
-        model.enable_input_require_grads()
     return model
+
+
+def _free_activation_bytes(model: Any, trainable: int, zero_stage: int, world: int) -> float:
+    """GPU memory left for activations: device memory minus weights, gradients and AdamW state (estimate)."""
+    import torch
+
+    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    state = trainable * 16  # fp32 master weights + two AdamW moments + bf16 gradients, per trainable parameter
+    if zero_stage >= 1:
+        state /= world
+    if zero_stage >= 3:
+        weights /= world
+    return max(total - weights - state - 3 * 2**30, 0.0)  # 3 GiB: CUDA context, workspaces, fragmentation
 
 
 def _logger_setup(cfg: FinetuneConfig, run_dir: Path) -> tuple[list[str], str | None]:
@@ -728,6 +801,9 @@ def _reporter_class() -> type:
                 self._write(row)
 
         def on_step_end(self, args, state, control, **kwargs):
+            slow = float(os.environ.get("FORGEKIT_SLOW_STEP_SECONDS") or 0)
+            if slow:  # debugging aid: stretch each step to interrupt a run at a chosen point (see tests)
+                time.sleep(slow)
             if state.global_step >= self.max_steps and state.global_step % self.every:
                 control.should_save = True  # the last step is always checkpointed (and evaluated)
                 control.should_evaluate = args.eval_strategy != "no"
@@ -767,6 +843,7 @@ def _reporter_class() -> type:
                 "total_params": self.total,
                 "precision": "bf16" if self.bf16 else "fp32",
                 "world_size": self.world,
+                "levers": getattr(self, "levers", None),
             }
             if self.on_gpu:
                 row["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)

@@ -95,12 +95,17 @@ def test_summarise_counts():
     rows = [{"conversation": t.conversation, "category": t.category, "gold_calls": t.gold_calls,
              "held_out": t.held_out, "outcome": o} for t, o in zip(turns, outcomes)]
     report = summarise(rows)
-    assert (report["turns"], report["turn_accuracy"]) == (5, 0.6)
-    assert (report["conversations"], report["exact_match"]) == (3, pytest.approx(1 / 3, abs=1e-4))  # PARALLEL
-    assert report["call_turns"]["turn_accuracy"] == pytest.approx(2 / 3, abs=1e-4)
-    assert report["text_turns"]["turn_accuracy"] == 0.5
-    assert report["by_category"]["no_call"] == {"conversations": 1, "exact_match": 0.0, "turns": 1, "turn_accuracy": 0.0}
-    assert report["by_category"]["multi_turn"]["exact_match"] == 0.0  # 2 of 3 turns right is not a match
+    # the headline is turn-level: 3 of 5 turns right; only PARALLEL has every turn right
+    assert (report["turns"], report["exact_match"]) == (5, 0.6)
+    assert (report["conversations"], report["conversation_exact_match"]) == (3, pytest.approx(1 / 3, abs=1e-4))
+    assert "turn" in report["headline"]
+    assert report["call_turns"]["exact_match"] == pytest.approx(2 / 3, abs=1e-4)
+    assert report["text_turns"]["exact_match"] == 0.5
+    assert report["by_category"]["no_call"] == {
+        "turns": 1, "exact_match": 0.0, "conversations": 1, "conversation_exact_match": 0.0}
+    assert report["no_call_accuracy"] == 0.0  # the spurious call on "Hi"
+    multi = report["by_category"]["multi_turn"]
+    assert multi["exact_match"] == pytest.approx(2 / 3, abs=1e-4) and multi["conversation_exact_match"] == 0.0
     assert report["by_category"]["single"]["exact_match"] is None
     assert report["failures"] == {"malformed_call": 0, "wrong_function": 0, "wrong_arguments": 1,
                                   "missed_call": 0, "spurious_call": 1}
@@ -116,7 +121,11 @@ def test_evaluate_end_to_end_with_tiny_model(tiny_model_dir, tmp_path):
     assert len(rows) == report["turns"] == 5 and report["conversations"] == 3
     for row in rows:  # the report is exactly the scores of what was generated
         assert score_turn(row["gold_calls"], row["generated"])[0] == row["outcome"]
-    assert report["turn_accuracy"] == round(sum(r["outcome"] == "correct" for r in rows) / 5, 4)
+    assert report["exact_match"] == round(sum(r["outcome"] == "correct" for r in rows) / 5, 4)
+    by_conv = {}
+    for r in rows:
+        by_conv[r["conversation"]] = by_conv.get(r["conversation"], True) and r["outcome"] == "correct"
+    assert report["conversation_exact_match"] == round(sum(by_conv.values()) / 3, 4)
     assert report["held_out_tools"]["turns"] == 3  # metadata read from the file
     assert set(report["samples"]) == {"single", "parallel", "multi_turn", "no_call"}
 

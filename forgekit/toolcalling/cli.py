@@ -71,17 +71,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def format_report(report: dict, title: str = "") -> str:
-    """A few lines summarising an evaluation report (overall, per category, failures)."""
+    """A few lines summarising an evaluation report: the headline turn-level exact match, conversation-level
+    exact match, no-call accuracy, per category, held-out vs seen tools, failures."""
     def pct(block: dict) -> str:
         if block.get("exact_match") is None:
             return "n/a"
-        return f"{block['exact_match']:.1%} of {block['conversations']} (turns {block['turn_accuracy']:.1%})"
+        return (f"{block['exact_match']:.1%} of {block['turns']} turns "
+                f"(conversations {block['conversation_exact_match']:.1%} of {block['conversations']})")
 
-    lines = [f"{title}exact match {pct(report)}"]
-    lines.append("  " + ", ".join(f"{c} {pct(b)}" for c, b in report["by_category"].items()))
+    no_call = report.get("no_call_accuracy")
+    lines = [f"{title}exact match (turns) {pct(report)}; "
+             f"no-call accuracy {'n/a' if no_call is None else f'{no_call:.1%}'}"]
+    lines += [f"  {c}: {pct(b)}" for c, b in report["by_category"].items()]
     if "held_out_tools" in report:
-        lines.append(f"  held-out tools {pct(report['held_out_tools'])}, seen tools {pct(report['seen_tools'])}")
-    lines.append("  failures: " + ", ".join(f"{k} {v}" for k, v in report["failures"].items()))
+        lines.append(f"  held-out tools: {pct(report['held_out_tools'])}")
+        lines.append(f"  seen tools: {pct(report['seen_tools'])}")
+    lines.append("  failures (turns): " + ", ".join(f"{k} {v}" for k, v in report["failures"].items()))
     return "\n".join(lines)
 
 

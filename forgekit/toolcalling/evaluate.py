@@ -14,10 +14,14 @@ Each turn may generate what it needs and no more: the gold calls' length plus sl
 (`no_call_started`), so models that answer at length (base models do) are not decoded to the limit.
 
 Each failure gets one outcome: `malformed_call` (it tried to call but the call cannot be parsed),
-`wrong_function`, `wrong_arguments`, `missed_call` or `spurious_call`. The headline `exact_match` is per
-conversation (every turn right); per-turn accuracy, per category (`single`, `parallel`, `multi_turn`,
-`no_call`: see `conversation_category`) and, for forgekit's synthetic test split, held-out vs seen tools
-are reported too (`summarise`).
+`wrong_function`, `wrong_arguments`, `missed_call` or `spurious_call`.
+
+The headline, `exact_match`, is **turn-level**: the share of assistant turns scored correct (the measure of
+LLMForge's function-calling example). `conversation_exact_match` (every turn of a conversation right) is
+stricter and reported beside it, and `no_call_accuracy` is the share of turns of `no_call` conversations
+(no offered tool applies) where the model rightly did not call. Both measures are given per category
+(`single`, `parallel`, `multi_turn`, `no_call`: see `conversation_category`), for call and text turns, and,
+for forgekit's synthetic test split, for held-out vs seen tools (`summarise`).
 
 Works on any JSONL in the OpenAI tool-calling format (`messages` + `tools`), not only the generated one.
 """
@@ -35,6 +39,7 @@ from forgekit.toolcalling.render import call_arguments, format_calls, parse_tool
 
 __all__ = [
     "CATEGORIES",
+    "HEADLINE",
     "OUTCOMES",
     "Turn",
     "conversation_category",
@@ -146,35 +151,45 @@ def score_turn(gold_calls: list[dict] | None, text: str) -> tuple[str, list[dict
     return "correct", calls, None
 
 
+HEADLINE = (
+    "exact_match: share of assistant turns (replayed from the gold history) whose tool calls match the gold calls "
+    "exactly (names and normalised arguments), or that rightly make no call; conversation_exact_match: share of "
+    "conversations with every turn right"
+)
+
+
 def _accuracy(rows: list[dict]) -> dict[str, Any]:
-    """Exact match per conversation (every turn right) and per turn, over `rows`."""
+    """Turn-level exact match (the headline) and conversation-level exact match over `rows`."""
     by_conv: dict[int, bool] = {}
     for r in rows:
         by_conv[r["conversation"]] = by_conv.get(r["conversation"], True) and r["outcome"] == "correct"
     n, right = len(rows), sum(r["outcome"] == "correct" for r in rows)
     return {
-        "conversations": len(by_conv),
-        "exact_match": round(sum(by_conv.values()) / len(by_conv), 4) if by_conv else None,
         "turns": n,
-        "turn_accuracy": round(right / n, 4) if n else None,
+        "exact_match": round(right / n, 4) if n else None,
+        "conversations": len(by_conv),
+        "conversation_exact_match": round(sum(by_conv.values()) / len(by_conv), 4) if by_conv else None,
     }
 
 
 def summarise(rows: list[dict]) -> dict[str, Any]:
     """Exact match overall, per category, per turn type and for held-out tools, and failure counts.
 
-    The headline `exact_match` is per conversation: every assistant turn of it right (a conversation with one
-    wrong call is a broken conversation). `turn_accuracy` counts turns; `call_turns` / `text_turns` split the
-    turns by what the gold answer does (`turn_accuracy` of text turns is how often the model rightly did
-    not call). Per category, both are given; `no_call`'s `exact_match` is the no-call accuracy.
+    The headline `exact_match` is turn-level: the share of assistant turns scored correct. A conversation
+    counts in `conversation_exact_match` only when every one of its turns is right. `call_turns` /
+    `text_turns` split the turns by what the gold answer does; `no_call_accuracy` is the exact match of the
+    turns of `no_call` conversations (no offered tool applies: the model must answer, not call).
 
     Args:
         rows: scored turns (`conversation`, `category`, `gold_calls`, `outcome`, `held_out`), as
             `evaluate_tool_calling` writes them.
     """
+    by_category = {c: _accuracy([r for r in rows if r["category"] == c]) for c in CATEGORIES}
     report: dict[str, Any] = {
+        "headline": HEADLINE,
         **_accuracy(rows),
-        "by_category": {c: _accuracy([r for r in rows if r["category"] == c]) for c in CATEGORIES},
+        "no_call_accuracy": by_category["no_call"]["exact_match"],
+        "by_category": by_category,
         "call_turns": _accuracy([r for r in rows if r["gold_calls"]]),
         "text_turns": _accuracy([r for r in rows if not r["gold_calls"]]),
         "failures": {o: sum(r["outcome"] == o for r in rows) for o in OUTCOMES[1:]},

@@ -14,28 +14,30 @@ from forgekit.toolcalling.evaluate import CATEGORIES
 
 __all__ = ["comparison_rows", "comparison_table", "plot_comparison", "side_by_side", "write_results"]
 
-_COLUMNS = ("exact match", *CATEGORIES, "held-out tools", "seen tools", "turns", "call turns", "text turns")
+_COLUMNS = ("exact match", *CATEGORIES, "held-out tools", "seen tools", "call turns", "text turns", "conversations")
+_PLOTTED = ("exact match", *CATEGORIES, "held-out tools", "seen tools", "conversations")
 
 
 def comparison_rows(reports: dict[str, dict]) -> dict[str, dict[str, float | None]]:
-    """{model: {column: accuracy}}: conversation exact match overall, per category and for held-out / seen
-    tools, then turn accuracy overall and for call / text turns."""
+    """{model: {column: accuracy}}: the headline turn-level exact match, then turn-level exact match per
+    category (`no_call` is the no-call accuracy), for held-out / seen tools and for call / text turns, and
+    last the stricter conversation-level exact match (`conversations`)."""
     out = {}
     for name, rep in reports.items():
         row: dict[str, float | None] = {"exact match": rep["exact_match"]}
         row.update({c: rep["by_category"][c]["exact_match"] for c in CATEGORIES})
         row["held-out tools"] = rep.get("held_out_tools", {}).get("exact_match")
         row["seen tools"] = rep.get("seen_tools", {}).get("exact_match")
-        row["turns"] = rep["turn_accuracy"]
-        row["call turns"] = rep["call_turns"]["turn_accuracy"]
-        row["text turns"] = rep["text_turns"]["turn_accuracy"]
+        row["call turns"] = rep["call_turns"]["exact_match"]
+        row["text turns"] = rep["text_turns"]["exact_match"]
+        row["conversations"] = rep["conversation_exact_match"]
         out[name] = row
     return out
 
 
 def comparison_table(reports: dict[str, dict]) -> str:
-    """A Markdown table per model (rows): conversation exact match overall, per category and for held-out /
-    seen tools, turn accuracy, and failure counts."""
+    """A Markdown table, one row per model: the `comparison_rows` columns (turn-level exact match unless the
+    column says `conversations`), then failure counts (turns)."""
     rows = comparison_rows(reports)
     failures = list(next(iter(reports.values()))["failures"])
     head = ["model", *_COLUMNS, *failures]
@@ -48,15 +50,15 @@ def comparison_table(reports: dict[str, dict]) -> str:
 
 
 def plot_comparison(reports: dict[str, dict], path: str | Path, title: str = "Tool-calling exact match") -> Path:
-    """Grouped bars: conversation exact match overall, per category and for held-out / seen tools, one bar per
-    model; saved as a PNG at `path`."""
+    """Grouped bars, one per model: turn-level exact match overall, per category and for held-out / seen
+    tools, and conversation-level exact match; saved as a PNG at `path`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = comparison_rows(reports)
-    columns = ["exact match", *CATEGORIES, "held-out tools", "seen tools"]
+    columns = list(_PLOTTED)
     width = 0.8 / len(rows)
     fig, ax = plt.subplots(figsize=(10, 4))
     for k, (name, row) in enumerate(rows.items()):
@@ -65,10 +67,12 @@ def plot_comparison(reports: dict[str, dict], path: str | Path, title: str = "To
         bars = ax.bar(xs, values, width, label=name)
         ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=8, padding=2)
     n = next(iter(reports.values()))
-    ax.set_xticks(range(len(columns)), [c.replace("_", "-") for c in columns])
+    labels = ["exact match\n(all turns)", *(c.replace("_", "-") for c in columns[1:-1]), "whole\nconversations"]
+    ax.set_xticks(range(len(columns)), labels)
+    ax.axvline(len(columns) - 1.5, color="grey", linewidth=0.8, linestyle=":")
     ax.set_ylim(0, 1.12)
-    ax.set_ylabel("exact match (conversations)")
-    ax.set_title(f"{title}: {n['conversations']} test conversations")
+    ax.set_ylabel("exact match")
+    ax.set_title(f"{title}: {n['turns']} turns of {n['conversations']} held-out test conversations")
     ax.legend(loc="upper left")
     fig.tight_layout()
     path = Path(path)

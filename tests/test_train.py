@@ -1,0 +1,263 @@
+"""Integration tests of `forgekit.train.finetune`: 2 CPU Ray workers, DeepSpeed ZeRO-2/3, LoRA and full.
+
+Every run trains the tiny random model (tests/conftest.py) for a few steps. One local Ray cluster serves the
+whole module (starting one costs ~10 s); the resume test runs the CLI in its own process group and kills it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from forgekit.runs import list_checkpoints, read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "forgekit.cli"]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    from forgekit.train import init_ray
+
+    init_ray(None, num_devices=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    """8 training examples (one optimizer step of 2 workers x 4 sees them all: a repeated batch), 8 valid."""
+    from forgekit.sample_data import read_jsonl, write_classification_dataset, write_quickstart_dataset
+
+    root = tmp_path_factory.mktemp("data")
+    paths = write_quickstart_dataset(root / "tickets", n_train=8, n_valid=8, n_test=1)
+    routing = write_classification_dataset(root / "routing", n_train=16, n_valid=8)
+    labels = sorted({r["messages"][-1]["content"] for r in read_jsonl(routing["train"])})
+    return {"train": Path(paths["train"]), "valid": Path(paths["valid"]), "cls_train": Path(routing["train"]),
+            "cls_valid": Path(routing["valid"]), "labels": labels}
+
+
+def config(tiny_model_dir: Path, data: dict, out: Path, **extra) -> dict:
+    cfg = {
+        "model_id": str(tiny_model_dir),
+        "train_path": str(data["train"]),
+        "valid_path": str(data["valid"]),
+        "context_length": 256,
+        "num_devices": 2,
+        "train_batch_size_per_device": 4,
+        "gradient_accumulation_steps": 1,
+        "max_steps": 6,
+        "learning_rate": 1e-2,
+        "num_warmup_steps": 0,
+        "lr_scheduler_type": "constant",
+        "deepspeed": {"config_path": str(REPO / "deepspeed_configs" / "zero_2.json")},
+        "checkpoint_and_evaluation_frequency": {"unit": "steps", "frequency": 3},
+        "num_checkpoints_to_keep": 2,
+        "output_dir": str(out),
+    }
+    cfg.update(extra)
+    return cfg
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+LORA = {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}
+MATRIX = [("zero_2", True), ("zero_3", True), ("zero_2", False), ("zero_3", False)]
+
+
+@pytest.fixture(scope="module")
+def runs(ray_cluster, tiny_model_dir, data, tmp_path_factory) -> dict[tuple[str, bool], dict]:
+    """The 2-worker matrix {ZeRO-2, ZeRO-3} x {LoRA, full}, trained once for the module."""
+    from forgekit.config import load_config
+    from forgekit.train import finetune
+
+    out = {}
+    for stage, lora in MATRIX:
+        root = tmp_path_factory.mktemp(f"{stage}-{'lora' if lora else 'full'}")
+        cfg = config(tiny_model_dir, data, root / "runs",
+                     deepspeed={"config_path": str(REPO / "deepspeed_configs" / f"{stage}.json")},
+                     **({"lora_config": LORA} if lora else {"learning_rate": 3e-3}))
+        out[(stage, lora)] = finetune(load_config(cfg), progress=False)
+    return out
+
+
+@pytest.mark.parametrize("stage,lora", MATRIX, ids=[f"{s}-{'lora' if l else 'full'}" for s, l in MATRIX])
+def test_two_workers_train_and_write_the_run_directory(runs, stage, lora):
+    result = runs[(stage, lora)]
+    run_dir = Path(result["run_dir"])
+    train = read_metrics(run_dir, "train")
+    evals = read_metrics(run_dir, "eval")
+    losses = [r["loss"] for r in train]
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
+    assert all(math.isfinite(x) for x in losses)
+    # the same 8 examples every step: the loss must fall (LoRA r=8 on a random 3M model moves more slowly)
+    assert losses[-1] < losses[0] - (0.25 if lora else 0.5), losses
+    assert losses == sorted(losses, reverse=True) or lora is False, losses
+    assert [r["step"] for r in evals] == [0, 3, 6]  # baseline, then every 3 steps
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+    assert all(r["tokens"] > 0 and r["tokens_per_second"] > 0 for r in train)
+    assert result["world_size"] == 2 and result["precision"] == "fp32" and result["steps"] == 6
+    assert result["first_eval_loss"] == evals[0]["eval_loss"]
+    assert result["best_eval_loss"] == min(r["eval_loss"] for r in evals)
+    assert result["train_tokens"] == train[-1]["tokens"]
+    # checkpoints: the 2 best by eval loss kept, published under checkpoints/, HF format + tokenizer
+    names = [c.name for c in list_checkpoints(run_dir)]
+    assert names == ["step-000003", "step-000006"]
+    assert Path(result["best_checkpoint"]).name == "step-000006"
+    best = Path(result["best_checkpoint"])
+    weights = "adapter_model.safetensors" if lora else "model.safetensors"
+    assert (best / weights).is_file() and (best / "tokenizer_config.json").is_file()
+    assert (best / "chat_template.jinja").is_file() or "chat_template" in json.loads((best / "tokenizer_config.json").read_text())
+    assert not any(p.name.startswith(".tmp") for p in (run_dir / "checkpoints").iterdir())
+    assert json.loads((run_dir / "result.json").read_text())["best_checkpoint"] == result["best_checkpoint"]
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["max_steps"] == 6
+
+
+def _eval_loss(model, tokenizer, data) -> float:
+    """Mean loss over the assistant tokens of the validation file, computed with plain transformers."""
+    import torch
+
+    from forgekit.data import read_examples
+    from forgekit.formats import render, tokenize_rendered
+
+    total, count = 0.0, 0
+    for ex in read_examples(str(data["valid"])):
+        ids, labels = tokenize_rendered(render(ex.messages, tokenizer, None), tokenizer)
+        ids, labels = torch.tensor([ids]), torch.tensor([labels])
+        with torch.no_grad():
+            out = model(input_ids=ids, labels=labels)
+        n = int((labels[:, 1:] != -100).sum())
+        total, count = total + out.loss.item() * n, count + n
+    return total / count
+
+
+@pytest.mark.parametrize("stage", ["zero_2", "zero_3"])
+def test_saved_adapter_loads_in_plain_peft(runs, data, tiny_model_dir, stage):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result = runs[(stage, True)]
+    best = Path(result["best_checkpoint"])
+    tok = AutoTokenizer.from_pretrained(best)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    base_loss = _eval_loss(base, tok, data)
+    model = PeftModel.from_pretrained(base, best).eval()
+    loss = _eval_loss(model, tok, data)
+    assert loss < base_loss - 0.1
+    assert loss == pytest.approx(result["best_eval_loss"], rel=2e-3)
+
+
+@pytest.mark.parametrize("stage", ["zero_2", "zero_3"])
+def test_saved_full_model_loads_in_plain_transformers(runs, data, stage):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result = runs[(stage, False)]
+    best = Path(result["best_checkpoint"])
+    model = AutoModelForCausalLM.from_pretrained(best).eval()
+    loss = _eval_loss(model, AutoTokenizer.from_pretrained(best), data)
+    assert loss == pytest.approx(result["best_eval_loss"], rel=2e-3)
+
+
+def test_continue_from_adapter_and_from_full_weights(runs, ray_cluster, tiny_model_dir, data, tmp_path):
+    """Stage 2 starts where stage 1 ended: its first evaluation equals stage 1's best, far below stage 1's start."""
+    from forgekit.config import load_config
+    from forgekit.train import finetune
+
+    stage1_lora, stage1_full = runs[("zero_2", True)], runs[("zero_2", False)]
+    common = {"max_steps": 2, "checkpoint_and_evaluation_frequency": {"unit": "steps", "frequency": 2}}
+    from_adapter = finetune(load_config(config(
+        tiny_model_dir, data, tmp_path / "a", initial_adapter_model_ckpt_path=stage1_lora["best_checkpoint"], **common,
+    )), progress=False)
+    from_full = finetune(load_config(config(
+        tiny_model_dir, data, tmp_path / "b", initial_base_model_ckpt_path=stage1_full["best_checkpoint"],
+        learning_rate=3e-3, **common,
+    )), progress=False)
+    for stage1, stage2 in ((stage1_lora, from_adapter), (stage1_full, from_full)):
+        assert stage2["first_eval_loss"] == pytest.approx(stage1["best_eval_loss"], rel=2e-3)
+        assert stage2["first_eval_loss"] < stage1["first_eval_loss"] - 0.5
+    assert (Path(from_adapter["best_checkpoint"]) / "adapter_model.safetensors").is_file()
+    assert (Path(from_full["best_checkpoint"]) / "model.safetensors").is_file()
+
+
+def _train_losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir, "train")}
+
+
+def test_killed_run_resumes_to_the_same_final_loss(ray_cluster, runs, tiny_model_dir, data, tmp_path):
+    """kill -9 of the whole process tree after a checkpoint; the same command then ends where an uninterrupted run does."""
+    reference = runs[("zero_2", True)]  # the same config, run without interruption
+    cfg = config(tiny_model_dir, data, tmp_path / "runs", lora_config=LORA)
+    path = write_config(tmp_path / "cfg.yaml", cfg)
+    env = {**os.environ, "FORGEKIT_MAX_FAILURES": "0", "FORGEKIT_SLOW_STEP_SECONDS": "1.5"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([*CLI, "finetune", str(path)], cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run_dir = tmp_path / "runs" / Path(reference["run_dir"]).name  # same config and data: same run name
+    deadline = time.time() + 240
+    while not (run_dir / "checkpoints" / "step-000003").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver, the local Ray cluster and its workers: a lost machine
+    proc.wait()
+    killed_at = max(_train_losses(run_dir))
+    assert killed_at < 6 and not (run_dir / "result.json").exists()
+
+    resumed = subprocess.run([*CLI, "finetune", str(path)], cwd=tmp_path, env={**env, "FORGEKIT_SLOW_STEP_SECONDS": "0"},
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    result = json.loads((run_dir / "result.json").read_text())
+    want, got = _train_losses(Path(reference["run_dir"])), _train_losses(run_dir)
+    assert sorted(got) == [1, 2, 3, 4, 5, 6]  # the steps after the checkpoint were redone, each logged once
+    for step in range(1, 7):
+        assert got[step] == pytest.approx(want[step], abs=1e-5), (step, got, want)
+    assert result["final_eval_loss"] == pytest.approx(reference["final_eval_loss"], abs=1e-5)
+
+
+def test_classification_accuracy_is_reported(ray_cluster, tiny_model_dir, data, tmp_path):
+    from forgekit.config import load_config
+    from forgekit.train import finetune
+
+    cfg = config(tiny_model_dir, data, tmp_path / "runs", task="classification",
+                 train_path=str(data["cls_train"]), valid_path=str(data["cls_valid"]),
+                 classifier_config={"label_tokens": data["labels"]}, lora_config=LORA, max_steps=4,
+                 checkpoint_and_evaluation_frequency={"unit": "steps", "frequency": 4})
+    result = finetune(load_config(cfg), progress=False)
+    evals = read_metrics(result["run_dir"], "eval")
+    assert all(0.0 <= r["eval_accuracy"] <= 1.0 for r in evals)
+    assert result["eval_accuracy"] == evals[-1]["eval_accuracy"]
+    # 8 validation examples, one label token each: the accuracy is a multiple of 1/8
+    assert evals[-1]["eval_accuracy"] * 8 == pytest.approx(round(evals[-1]["eval_accuracy"] * 8))
+
+
+def test_worker_failure_exits_non_zero_with_the_workers_message(tiny_model_dir, data, tmp_path):
+    """A model whose weights are corrupt loads fine on the driver (tokenizer only) and fails in the workers."""
+    import shutil
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    cfg = config(broken, data, tmp_path / "runs", num_devices=1)
+    path = write_config(tmp_path / "cfg.yaml", cfg)
+    env = {**os.environ, "FORGEKIT_MAX_FAILURES": "0"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([*CLI, "finetune", str(path)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "training failed in a worker" in proc.stderr
+    assert "safetensors" in proc.stderr.lower() or "header" in proc.stderr.lower(), proc.stderr[-3000:]
+    assert "Traceback (most recent call last)" not in proc.stderr.split("training failed in a worker")[0]
