@@ -174,8 +174,10 @@ class FinetuneConfig(_Strict):
         description="auto: PyTorch's varlen FlashAttention on CUDA GPUs (forgekit.perf), flex_attention for packed "
         "rows where varlen is missing, sdpa on CPU.",
     )
-    torch_compile: bool | None = Field(
-        None, description="forgekit: torch.compile each decoder layer. Unset: on for GPU runs with ZeRO stage 0-2."
+    torch_compile: bool = Field(
+        False,
+        description="forgekit: torch.compile each decoder layer (GPU, ZeRO 0-2). Off by default: with torch 2.11 it "
+        "fails inside Ray + DeepSpeed workers (benchmarks/results/README.md).",
     )
     lora_config: dict[str, Any] | None = Field(
         None, description="peft LoraConfig keywords; unset = full fine-tuning (LoRA r=8 in default mode)."

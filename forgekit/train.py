@@ -460,7 +460,7 @@ def _train_worker(wc: dict[str, Any]) -> None:
         import importlib.util
 
         liger = on_gpu and importlib.util.find_spec("liger_kernel") is not None
-    compile_layers = cfg.torch_compile if cfg.torch_compile is not None else (on_gpu and zero_stage < 3)
+    compile_layers = cfg.torch_compile and zero_stage < 3
 
     def data_collator(features: list[dict]) -> dict:
         batch = collate(features, pad_token_id=pad_id, padding=cfg.padding, context_length=cfg.context_length)
@@ -468,7 +468,8 @@ def _train_worker(wc: dict[str, Any]) -> None:
             batch.update(perf.varlen_kwargs(batch["position_ids"]))  # document boundaries, once, on the CPU
         return batch
 
-    # --- model
+    # --- model (seeded first: LoRA's A matrices and new embedding rows are drawn at random)
+    transformers.set_seed(cfg.seed)
     model = _load_model(cfg, tokenizer, torch.bfloat16 if bf16 else torch.float32, attn, liger)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
