@@ -28,7 +28,7 @@ quickstart: install data
 	$(BIN)/forgekit models fetch smollm2-135m-instruct
 	$(BIN)/python scripts/quickstart.py $(QUICKSTART)
 
-test: install
+test: install data
 	$(BIN)/python -m pytest -q
 
 lint: install

@@ -6,11 +6,12 @@ Everything here is cheap and reads artifacts or configs, never trains:
 - schedule: `lr_schedule` (transformers' own schedulers on a dummy optimizer), `batch_size_table`
   (the automatic batch-size rule for several world sizes), `training_plan` (epochs, steps, evaluations a
   config resolves to);
-- model: `count_parameters` (trainable vs total with or without LoRA, built on the meta device: no weights
-  are loaded), `checkpoint_size` (bytes on disk: served weights vs resume state vs tokenizer);
-- runs: `track_worker_memory` (peak RSS of the Ray Train workers), `throughput`, `cost_per_million_tokens`;
+- model: `count_parameters` / `lora_parameter_table` (trainable vs total, full or LoRA, built on the meta
+  device: no weights are loaded), `checkpoint_size` (bytes on disk: served weights vs resume state);
+- runs: `track_worker_memory` (peak RSS of the Ray Train workers), `run_summary`, `throughput`,
+  `cost_per_million_tokens`;
 - benchmarks: `lever_ladder`, `contenders`, `seqlen_results` (the committed H100 results);
-- display: `markdown_table`, `plot_lr_schedules`, `plot_bars`.
+- display: `markdown_table`, `plot_lr_schedules`, `plot_lines`, `plot_bars`.
 """
 
 from __future__ import annotations
@@ -35,11 +36,14 @@ __all__ = [
     "cost_per_million_tokens",
     "count_parameters",
     "lever_ladder",
+    "lora_parameter_table",
     "lr_schedule",
     "markdown_table",
     "padding_waste",
     "plot_bars",
+    "plot_lines",
     "plot_lr_schedules",
+    "run_summary",
     "seqlen_results",
     "split_jsonl",
     "throughput",
@@ -194,7 +198,8 @@ def lr_schedule(
         scheduler_kwargs: extra scheduler arguments (e.g. `{"min_lr_rate": 0.1}` for cosine_with_min_lr).
 
     Raises:
-        ValueError: max_steps < 1, negative warm-up, or a scheduler transformers does not know (its message).
+        ValueError: max_steps < 1, negative warm-up, a scheduler transformers does not know, or one that
+            needs `scheduler_kwargs` it was not given (transformers' message).
     """
     import torch
     from transformers import get_scheduler
@@ -204,10 +209,13 @@ def lr_schedule(
     if num_warmup_steps < 0:
         raise ValueError(f"num_warmup_steps must be >= 0, got {num_warmup_steps}")
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=learning_rate)
-    scheduler = get_scheduler(
-        lr_scheduler_type, optimizer, num_warmup_steps=num_warmup_steps, num_training_steps=max_steps,
-        scheduler_specific_kwargs=dict(scheduler_kwargs or {}),
-    )
+    try:
+        scheduler = get_scheduler(
+            lr_scheduler_type, optimizer, num_warmup_steps=num_warmup_steps, num_training_steps=max_steps,
+            scheduler_specific_kwargs=dict(scheduler_kwargs or {}),
+        )
+    except TypeError as e:  # a scheduler that needs arguments (e.g. warmup_stable_decay: num_decay_steps)
+        raise ValueError(f"lr_scheduler_type {lr_scheduler_type!r} needs scheduler_kwargs: {e}") from None
     rates = []
     for _ in range(max_steps):
         rates.append(float(optimizer.param_groups[0]["lr"]))
@@ -317,6 +325,30 @@ def count_parameters(model_id: str | Path, lora_config: Mapping[str, Any] | None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return {"trainable": trainable, "total": total, "trainable_share": trainable / total}
+
+
+def lora_parameter_table(
+    model_id: str | Path, ranks: Sequence[int], targets: Mapping[str, str | Sequence[str]], *, alpha_per_rank: float = 2.0
+) -> list[dict[str, Any]]:
+    """`count_parameters` for each LoRA rank and target-module set (lora_alpha = alpha_per_rank x r).
+
+    Args:
+        model_id: a model dir, embedded alias or Hub id.
+        ranks: LoRA ranks r.
+        targets: label → peft `target_modules` (a list of module names, or "all-linear").
+
+    Returns:
+        One row per (targets, r): {"targets", "r", "trainable", "total", "trainable_share"}, then one
+        "full fine-tuning" row.
+    """
+    rows = []
+    for label, modules in targets.items():
+        modules = modules if isinstance(modules, str) else list(modules)
+        for r in ranks:
+            lora = {"r": r, "lora_alpha": alpha_per_rank * r, "target_modules": modules}
+            rows.append({"targets": label, "r": r, **count_parameters(model_id, lora)})
+    rows.append({"targets": "full fine-tuning", "r": None, **count_parameters(model_id)})
+    return rows
 
 
 _WEIGHTS = re.compile(r"^(adapter_model|model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?$")
@@ -512,6 +544,43 @@ def throughput(run: str | Path | Mapping[str, Any], price_per_hour: float | None
         out["cost_per_million_tokens_overall"] = cost_per_million_tokens(out["overall_tokens_per_second"], price_per_hour)
         out["run_cost"] = price_per_hour * wall / 3600.0
     return out
+
+
+def run_summary(run: str | Path | Mapping[str, Any], *, peak_rss_gb: float | None = None) -> dict[str, Any]:
+    """One row comparing a finished run with others: parameters, checkpoint bytes, time, memory, losses.
+
+    Args:
+        run: a run directory or `finetune` result.
+        peak_rss_gb: the peak worker RSS measured around the run (`track_worker_memory`), if any.
+
+    Returns:
+        {"trainable_params", "total_params", "trainable_share", "weights_mb", "resume_state_mb",
+        "checkpoint_mb" (of the best checkpoint, MB = 1e6 bytes), "train_seconds", "wall_seconds",
+        "tokens_per_second", "peak_gpu_memory_gb" (GPU runs), "peak_worker_rss_gb", "first_eval_loss",
+        "best_eval_loss", "final_train_loss"}.
+    """
+    from forgekit.runs import read_result
+
+    result = read_result(_run_dir(run))
+    ckpt = result.get("best_checkpoint") or result.get("last_checkpoint")
+    sizes = checkpoint_size(ckpt) if ckpt and Path(ckpt).is_dir() else {}
+    trainable, total = result.get("trainable_params"), result.get("total_params")
+    return {
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_share": trainable / total if trainable and total else None,
+        "weights_mb": sizes["weights"] / 1e6 if sizes else None,
+        "resume_state_mb": sizes["resume_state"] / 1e6 if sizes else None,
+        "checkpoint_mb": sizes["total"] / 1e6 if sizes else None,
+        "train_seconds": result.get("train_seconds"),
+        "wall_seconds": result.get("wall_seconds"),
+        "tokens_per_second": result.get("tokens_per_second"),
+        "peak_gpu_memory_gb": result.get("peak_memory_gb"),
+        "peak_worker_rss_gb": peak_rss_gb,
+        "first_eval_loss": result.get("first_eval_loss"),
+        "best_eval_loss": result.get("best_eval_loss"),
+        "final_train_loss": result.get("final_train_loss"),
+    }
 
 
 def _median(values: Sequence[float]) -> float:
@@ -749,6 +818,46 @@ def plot_lr_schedules(
     return fig
 
 
+def plot_lines(
+    rows: Sequence[Mapping[str, Any]],
+    x: str,
+    y: str,
+    *,
+    group: str | None = None,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
+    logx: bool = False,
+    logy: bool = False,
+    title: str | None = None,
+    path: str | Path | None = None,
+) -> Any:
+    """`y` against `x` from dict rows, one line per value of `group`; rows missing x or y are skipped.
+
+    Returns the matplotlib Figure (saved to `path` if given).
+    """
+    plt = _pyplot(path)
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    lines: dict[Any, list[tuple[Any, Any]]] = {}
+    for r in rows:
+        if r.get(x) is not None and r.get(y) is not None:
+            lines.setdefault(r.get(group) if group else y, []).append((r[x], r[y]))
+    for label, points in lines.items():
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=4, label=str(label))
+    if logx:
+        ax.set_xscale("log", base=2)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel(ylabel or y)
+    ax.grid(alpha=0.3)
+    if len(lines) > 1:
+        ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    _save(fig, path)
+    return fig
+
+
 def plot_bars(
     rows: Sequence[Mapping[str, Any]],
     label: str,
@@ -774,21 +883,29 @@ def plot_bars(
     """
     plt = _pyplot(path)
     names = [str(r[label]) for r in rows]
-    fig, axes = plt.subplots(1, len(values), figsize=(max(4.5, 0.55 * len(rows) + 2.5) * len(values), 4.2), squeeze=False)
-    for ax, key in zip(axes[0], values):
+    many = len(rows) > 6  # many bars: one panel per line, else side by side
+    width = min(12.0, max(4.5, 0.6 * len(rows) + 2.0))
+    shape, size = ((len(values), 1), (width, 3.6 * len(values))) if many else ((1, len(values)), (width * len(values), 4.2))
+    fig, axes = plt.subplots(*shape, figsize=size, squeeze=False)
+    for ax, key in zip(axes.flat, values):
         ys = [r.get(key) for r in rows]
         heights = [y if y is not None else 0 for y in ys]
+        log = key in logy
+        if log:
+            ax.set_yscale("log")
         bars = ax.bar(range(len(rows)), heights, color=[f"C{i % 10}" for i in range(len(rows))])
         top = max(heights) if any(heights) else 1
         for i, (bar, y) in enumerate(zip(bars, ys)):
-            text = _fmt(y, None) if y is not None else (notes or {}).get(names[i], "n/a")
-            ax.text(bar.get_x() + bar.get_width() / 2, (y or 0) + top * 0.01, text, ha="center", va="bottom",
-                    fontsize=7, rotation=90 if len(rows) > 6 else 0)
+            x = bar.get_x() + bar.get_width() / 2
+            if y is None:  # no value (e.g. the run failed): say why, upright along the empty slot
+                text = (notes or {}).get(names[i], "n/a")
+                ax.text(x, top * 0.02 if not log else min(h for h in heights if h) if any(heights) else 1, text,
+                        ha="center", va="bottom", fontsize=7, rotation=90, color="dimgray")
+            else:
+                ax.text(x, y * 1.08 if log else y + top * 0.01, _fmt(y, None), ha="center", va="bottom", fontsize=7)
         ax.set_xticks(range(len(rows)), names, rotation=35 if len(rows) > 3 else 0, ha="right" if len(rows) > 3 else "center", fontsize=8)
         ax.set_title((titles or {}).get(key, key), fontsize=10)
-        if key in logy:
-            ax.set_yscale("log")
-        else:
+        if not log:
             ax.set_ylim(0, top * 1.25)
         ax.grid(axis="y", alpha=0.3)
     if title:

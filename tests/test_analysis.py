@@ -20,11 +20,14 @@ from forgekit.analysis import (
     cost_per_million_tokens,
     count_parameters,
     lever_ladder,
+    lora_parameter_table,
     lr_schedule,
     markdown_table,
     padding_waste,
     plot_bars,
+    plot_lines,
     plot_lr_schedules,
+    run_summary,
     seqlen_results,
     split_jsonl,
     throughput,
@@ -138,6 +141,8 @@ def test_lr_schedule_bad_input():
         lr_schedule("nonexistent", 1e-3, 10)
     with pytest.raises(ValueError, match="max_steps"):
         lr_schedule("cosine", 1e-3, 0)
+    with pytest.raises(ValueError, match="num_decay_steps"):
+        lr_schedule("warmup_stable_decay", 1e-3, 10)
 
 
 # --- batch sizes and the training plan
@@ -200,6 +205,14 @@ def test_count_parameters_by_hand(tiny_model_dir):
     assert all_linear["trainable"] == 2 * 8 * (2 * 128 + 2 * 96 + 3 * 192)
 
 
+def test_lora_parameter_table_rows(tiny_model_dir):
+    rows = lora_parameter_table(tiny_model_dir, [4, 8], {"qv": ["q_proj", "v_proj"], "all": "all-linear"})
+    assert [(r["targets"], r["r"]) for r in rows] == [("qv", 4), ("qv", 8), ("all", 4), ("all", 8), ("full fine-tuning", None)]
+    assert rows[1]["trainable"] == 2 * rows[0]["trainable"]  # linear in r
+    assert rows[0]["trainable"] == count_parameters(tiny_model_dir, {"r": 4, "target_modules": ["q_proj", "v_proj"]})["trainable"]
+    assert rows[-1]["trainable"] == rows[-1]["total"] == count_parameters(tiny_model_dir)["total"]
+
+
 def test_checkpoint_size_by_kind(tmp_path):
     ck = tmp_path / "step-000012"
     files = {
@@ -221,6 +234,22 @@ def test_checkpoint_size_by_kind(tmp_path):
 
 
 # --- runs: throughput, cost, memory
+
+
+def test_run_summary_reads_result_and_best_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    ck = run / "checkpoints" / "step-000004"
+    (ck / "global_step4").mkdir(parents=True)
+    (ck / "adapter_model.safetensors").write_bytes(b"x" * 4000)
+    (ck / "global_step4" / "mp_rank_00_model_states.pt").write_bytes(b"x" * 6000)
+    (run / "result.json").write_text(json.dumps({
+        "best_checkpoint": str(ck), "trainable_params": 1000, "total_params": 4000, "train_seconds": 3.0,
+        "wall_seconds": 30.0, "tokens_per_second": 100.0, "first_eval_loss": 2.0, "best_eval_loss": 1.5,
+        "final_train_loss": 1.4}))
+    row = run_summary({"run_dir": str(run)}, peak_rss_gb=1.25)
+    assert (row["weights_mb"], row["resume_state_mb"], row["checkpoint_mb"]) == (0.004, 0.006, 0.01)
+    assert row["trainable_share"] == 0.25 and row["peak_worker_rss_gb"] == 1.25 and row["peak_gpu_memory_gb"] is None
+    assert (row["train_seconds"], row["best_eval_loss"]) == (3.0, 1.5)
 
 
 def test_cost_per_million_tokens():
@@ -337,6 +366,9 @@ def test_markdown_table():
 
 def test_plots_are_written(tmp_path):
     plot_lr_schedules({"cosine": lr_schedule("cosine", 1e-3, 20, 2)}, path=tmp_path / "lr.png", title="t")
+    plot_lines([{"r": 4, "n": 10, "g": "a"}, {"r": 8, "n": 20, "g": "a"}, {"r": None, "n": 5, "g": "b"}], "r", "n",
+               group="g", logx=True, path=tmp_path / "lines.png")
     plot_bars([{"k": "a", "v": 1.0}, {"k": "b", "v": None}], "k", ["v"], notes={"b": "out of memory"},
               path=tmp_path / "bars.png")
-    assert (tmp_path / "lr.png").stat().st_size > 5_000 and (tmp_path / "bars.png").stat().st_size > 5_000
+    for name in ("lr.png", "bars.png", "lines.png"):
+        assert (tmp_path / name).stat().st_size > 5_000

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from forgekit.generate import GenerationError, generate, load_for_generation, render_prompt
+from forgekit.generate import GenerationError, default_dtype, generate, load_for_generation, render_prompt
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hi"}],
@@ -63,7 +63,7 @@ def test_lora_adapter_is_loaded_merged_with_its_tokenizer(tiny_model_dir, tmp_pa
     tok.chat_template = "{% for m in messages %}<<{{ m['content'] }}>>{% endfor %}"  # the "training" format
     tok.save_pretrained(adapter)
 
-    model, loaded_tok = load_for_generation(adapter)
+    model, loaded_tok = load_for_generation(adapter, dtype=torch.float32)
     assert loaded_tok.chat_template == tok.chat_template
     assert not any("lora" in name for name, _ in model.named_parameters())  # merged
     ids = torch.tensor([[1, 2, 3, 4]])
@@ -71,6 +71,25 @@ def test_lora_adapter_is_loaded_merged_with_its_tokenizer(tiny_model_dir, tmp_pa
         expected = peft_model.eval()(ids).logits
         assert torch.allclose(model(ids).logits, expected, atol=1e-4)
         assert not torch.allclose(AutoModelForCausalLM.from_pretrained(tiny_model_dir)(ids).logits, expected)
+
+
+def test_default_dtype_and_threads(tiny_model_dir, monkeypatch):
+    from forgekit import generate as gen
+
+    assert default_dtype("cuda") == torch.bfloat16
+    monkeypatch.setattr(gen, "_cpu_has_bf16", lambda: False)
+    assert default_dtype("cpu") == torch.float32
+    monkeypatch.setattr(gen, "_cpu_has_bf16", lambda: True)
+    assert default_dtype("cpu") == torch.bfloat16
+    monkeypatch.setenv("FORGEKIT_GENERATE_DTYPE", "float32")
+    assert default_dtype("cpu") == torch.float32
+    loaded = load_for_generation(tiny_model_dir)
+    assert loaded[0].dtype == torch.float32
+
+    before = torch.get_num_threads()
+    one = generate(loaded, CONVERSATIONS[:2], max_new_tokens=4, num_threads=1)
+    assert torch.get_num_threads() == before  # restored
+    assert one == generate(loaded, CONVERSATIONS[:2], max_new_tokens=4)
 
 
 def test_adapter_without_base_is_an_error(tmp_path):

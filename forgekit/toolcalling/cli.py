@@ -52,7 +52,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model = load_for_generation(args.checkpoint)
     texts = generate(
         model, prompts, [r["tools"] for r in records], max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size, progress=True,
+        batch_size=args.batch_size, num_threads=args.threads, progress=True,
     )
     rows = []
     for rec, msgs, ref, text in zip(records, prompts, references, texts):
@@ -80,8 +80,8 @@ def format_report(report: dict, title: str = "") -> str:
                 f"(conversations {block['conversation_exact_match']:.1%} of {block['conversations']})")
 
     no_call = report.get("no_call_accuracy")
-    lines = [f"{title}exact match (turns) {pct(report)}; "
-             f"no-call accuracy {'n/a' if no_call is None else f'{no_call:.1%}'}"]
+    no_call_text = "n/a" if no_call is None else f"{no_call:.1%}"
+    lines = [f"{title}exact match (turns) {pct(report)}; no-call accuracy {no_call_text}"]
     lines += [f"  {c}: {pct(b)}" for c, b in report["by_category"].items()]
     if "held_out_tools" in report:
         lines.append(f"  held-out tools: {pct(report['held_out_tools'])}")
@@ -95,7 +95,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     report = evaluate_tool_calling(
         args.checkpoint, args.test, limit=args.limit, max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size, predictions_path=args.predictions, progress=True,
+        batch_size=args.batch_size, num_threads=args.threads, predictions_path=args.predictions, progress=True,
     )
     report["checkpoint"] = str(args.checkpoint)
     report["test"] = str(args.test)
@@ -134,6 +134,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default="-", help="output JSONL (default: stdout)")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, help="CPU threads while generating (1 is fastest on a busy machine)")
     p.set_defaults(func=cmd_generate)
 
     p = subparsers.add_parser(
@@ -146,6 +147,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="evaluate only the first N conversations")
     p.add_argument("--max-new-tokens", type=int, default=192)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--threads", type=int, help="CPU threads while generating (1 is fastest on a busy machine)")
     p.set_defaults(func=cmd_eval)
 
     p = subparsers.add_parser(

@@ -235,6 +235,7 @@ def evaluate_tool_calling(
     max_new_tokens: int = 192,
     call_slack_tokens: int = 24,
     batch_size: int = 16,
+    num_threads: int | None = None,
     predictions_path: str | Path | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -250,14 +251,22 @@ def evaluate_tool_calling(
         max_new_tokens: the most new tokens of any turn.
         call_slack_tokens: new tokens beyond the gold calls' length for call turns.
         batch_size: turns generated together.
+        num_threads: CPU threads while generating (see `forgekit.generate.generate`); None: unchanged.
         predictions_path: write one JSON line per turn (gold, generation, outcome) here.
         progress: log one line per batch.
 
     Returns:
         `summarise(...)` of the scored turns, plus `samples`: the first turn of up to 8 conversations per
-        category with its generation, and `settings`: the budgets used.
+        category with its generation, `settings`: the budgets, dtype and threads used, and `seconds`: the
+        evaluation's wall time (loading from a path included).
     """
+    import time
+
+    import torch
+
     from forgekit.generate import generate, load_for_generation
+
+    start = time.perf_counter()
 
     if isinstance(model_or_path, (str, Path)):
         model_or_path = load_for_generation(model_or_path)
@@ -280,7 +289,7 @@ def evaluate_tool_calling(
     texts = generate(
         model, [t.messages for t in turns], [t.tools for t in turns], tokenizer=tokenizer,
         max_new_tokens=turn_budgets(turns, tokenizer, max_new_tokens, call_slack_tokens),
-        stop_when=no_call_started, batch_size=batch_size, progress=progress,
+        stop_when=no_call_started, batch_size=batch_size, num_threads=num_threads, progress=progress,
     )
     rows = []
     for t, text in zip(turns, texts):
@@ -304,7 +313,9 @@ def evaluate_tool_calling(
                 k: r[k] for k in ("gold_calls", "generated", "outcome")}})
     report["samples"] = samples
     report["settings"] = {"max_new_tokens": max_new_tokens, "call_start_tokens": CALL_START_TOKENS,
-                          "call_slack_tokens": call_slack_tokens}
+                          "call_slack_tokens": call_slack_tokens, "dtype": str(model.dtype).removeprefix("torch."),
+                          "num_threads": num_threads or torch.get_num_threads()}
+    report["seconds"] = round(time.perf_counter() - start, 1)
     return report
 
 
