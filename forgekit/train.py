@@ -150,7 +150,7 @@ def init_ray(address: str | None = None, num_devices: int = 1) -> None:
 
     cpus = max(os.cpu_count() or 1, num_devices)
     gpus = torch.cuda.device_count()
-    for attempt in range(3):
+    for attempt in range(5):
         try:
             ray.init(
                 num_cpus=cpus,
@@ -163,7 +163,7 @@ def init_ray(address: str | None = None, num_devices: int = 1) -> None:
             )
             return
         except Exception as e:  # Ray gives a busy machine 30 s to start its node, then gives up
-            if "timed out during startup" not in str(e) or attempt == 2:
+            if "timed out during startup" not in str(e) or attempt == 4:
                 raise
             log.warning("forgekit: the local Ray node was slow to start (busy machine?); retrying")
             ray.shutdown()
