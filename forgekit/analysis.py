@@ -883,10 +883,13 @@ def plot_bars(
     """
     plt = _pyplot(path)
     names = [str(r[label]) for r in rows]
-    many = len(rows) > 6  # many bars: one panel per line, else side by side
-    width = min(12.0, max(4.5, 0.6 * len(rows) + 2.0))
-    shape, size = ((len(values), 1), (width, 3.6 * len(values))) if many else ((1, len(values)), (width * len(values), 4.2))
-    fig, axes = plt.subplots(*shape, figsize=size, squeeze=False)
+    # many bars: one panel per line; few: up to three panels side by side
+    cols = 1 if len(rows) > 6 else min(3, len(values))
+    nrows = math.ceil(len(values) / cols)
+    width = min(12.0, max(4.0, 0.6 * len(rows) + 2.0))
+    fig, axes = plt.subplots(nrows, cols, figsize=(width * cols, 3.8 * nrows), squeeze=False)
+    for ax in axes.flat[len(values):]:
+        ax.set_visible(False)
     for ax, key in zip(axes.flat, values):
         ys = [r.get(key) for r in rows]
         heights = [y if y is not None else 0 for y in ys]
