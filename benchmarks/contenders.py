@@ -298,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         result.update(RUNNERS[name](spec, parse_options(option_text)))
         result["ok"] = True
     except Exception as e:  # noqa: BLE001 - the parent reports the failure and goes on with the next contender
+        result.update(getattr(e, "record", {}))  # steps a forgekit run logged before it failed
         result.update(ok=False, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:])
         print(result["traceback"], file=sys.stderr)
     a.out.write_text(json.dumps(result))

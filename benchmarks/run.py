@@ -114,6 +114,7 @@ def prepare(args: argparse.Namespace, work: Path) -> dict:
         "lora": {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"},
         "data_stats": stats,
         "flops_per_token": model_flops_per_token(config, stats["token_weighted_mean"], lora=True),
+        "flops_per_token_full": model_flops_per_token(config, stats["token_weighted_mean"], lora=False),
     }
     (work / "spec.json").write_text(json.dumps(spec, indent=1))
     if args.model != "smollm2":
@@ -176,10 +177,17 @@ def aggregate(name: str, runs: list[dict], spec: dict, peak: float | None) -> di
         return statistics.median(values) if values else None
 
     tps = [steady_tokens_per_s(r) for r in ok]
+    # a forgekit contender may run several workers or full fine-tuning (lora_config: null): 6N, all its GPUs
+    yaml_cfg = (ok[0].get("config") or {}).get("yaml") or {}
+    gpus = int(yaml_cfg.get("num_devices", 1))
+    full = "lora_config" in yaml_cfg and not yaml_cfg["lora_config"]
+    flops = spec.get("flops_per_token_full", spec["flops_per_token"]) if full else spec["flops_per_token"]
     row.update(
         tokens_per_s=med(tps),
         tokens_per_s_all=tps,
-        mfu=mfu(med(tps), spec["flops_per_token"], 1, peak) if med(tps) and peak else None,
+        gpus=gpus,
+        full_finetune=full,
+        mfu=mfu(med(tps), flops, gpus, peak) if med(tps) and peak else None,
         peak_alloc_gb=med([r.get("peak_alloc_gb") for r in ok]),
         nvml_peak_gb=med([r.get("nvml_peak_gb") for r in ok]),
         time_to_first_step_s=med([r.get("t_first_step") for r in ok]),
@@ -222,8 +230,10 @@ def markdown(rows: list[dict], meta: dict) -> str:
             lines.append(f"| {r['contender']} | failed: {str(r.get('error', ''))[:120]} |  |  |  |  |  |  |  | 0 |")
             continue
         tps = r.get("tokens_per_s")
+        notes = ([f"{r['gpus']} GPUs"] if r.get("gpus", 1) > 1 else []) + (["full FT, MFU at 6N"] if r.get("full_finetune") else [])
+        name = r["contender"] + (f" ({', '.join(notes)})" if notes else "")
         lines.append(
-            f"| {r['contender']} | {f(tps, ',.0f')} | {f(tps / ref if tps and ref else None, '.2f')}× "
+            f"| {name} | {f(tps, ',.0f')} | {f(tps / ref if tps and ref else None, '.2f')}× "
             f"| {f(r.get('mfu'), '.3f')} | {f(r.get('peak_alloc_gb'), '.1f')} | {f(r.get('nvml_peak_gb'), '.1f')} "
             f"| {f(r.get('time_to_first_step_s'), '.1f')} | {f(r.get('tokens_per_step'), ',.0f')} "
             f"| {f(r.get('first_loss'), '.3f')} → {f(r.get('final_loss'), '.3f')} | {r['ok']}/{r['repeats']} |"
@@ -264,24 +274,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=HERE / "results", help="folder for the JSON + markdown")
     p.add_argument("--tag", default=None, help="file name stem of the results (default: model-device)")
     p.add_argument("--timeout", type=int, default=900, help="seconds per child process")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="instead of running: pool the runs of these result files (same work) into --out/--tag")
     args = p.parse_args(argv)
 
+    if args.merge:
+        return merge(args)
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     spec = prepare(args, work)
     contenders = expand_contenders(args.contenders)
     runs: dict[str, list[dict]] = {c: [] for c in contenders}
-    for rep in range(args.repeats):
-        for i, c in enumerate(contenders):
-            runs[c].append(run_child(c, work, f"r{rep}-{i}-{c.split(':')[0]}", args.timeout))
-
     device_name = "cpu"
     if args.device == "cuda":
         import torch
 
         device_name = torch.cuda.get_device_name(0)
     peak = peak_tflops(device_name) if args.device == "cuda" else None
-    rows = [aggregate(c, runs[c], spec, peak) for c in contenders]
     meta = {
         "command": "python benchmarks/run.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "model": args.model,
@@ -293,16 +302,50 @@ def main(argv: list[str] | None = None) -> int:
         "lr": args.lr,
         "data_stats": spec["data_stats"],
         "flops_per_token": spec["flops_per_token"],
+        "flops_per_token_full": spec["flops_per_token_full"],
         "versions": versions(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     tag = args.tag or f"{args.model}-{args.device}"
-    (args.out / f"{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows, "runs": runs}, indent=1))
-    table = markdown(rows, meta)
-    (args.out / f"{tag}.md").write_text(table)
-    print(table)
+    rows: list[dict] = []
+    for rep in range(args.repeats):
+        for i, c in enumerate(contenders):
+            runs[c].append(run_child(c, work, f"r{rep}-{i}-{c.split(':')[0]}", args.timeout))
+            # written after every run: a run cut short by a time limit keeps what it measured
+            rows = [aggregate(c, runs[c], spec, peak) for c in contenders]
+            write(args.out, tag, meta, rows, runs)
+    print(markdown(rows, meta))
     return 0 if all(r.get("ok") for r in rows) else 1
+
+
+def write(out: Path, tag: str, meta: dict, rows: list[dict], runs: dict) -> None:
+    """The JSON (meta, rows, every run) and the markdown table."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows, "runs": runs}, indent=1))
+    (out / f"{tag}.md").write_text(markdown(rows, meta))
+
+
+def merge(args: argparse.Namespace) -> int:
+    """Pool the runs of several result files of the same work (e.g. one per GPU of a host) into one table."""
+    parts = [json.loads(Path(f).read_text()) for f in args.merge]
+    meta = dict(parts[0]["meta"])
+    keys = ("model", "steps", "tokens_per_step", "lr", "data_stats")
+    for f, part in zip(args.merge, parts):
+        if any(part["meta"].get(k) != meta.get(k) for k in keys):
+            raise SystemExit(f"{f}: not the same work as {args.merge[0]} (compare meta {', '.join(keys)})")
+    runs: dict[str, list[dict]] = {}
+    for part in parts:
+        for c, rs in part["runs"].items():
+            runs.setdefault(c, []).extend(rs)
+    spec = {"flops_per_token": meta["flops_per_token"],
+            "flops_per_token_full": meta.get("flops_per_token_full", meta["flops_per_token"])}
+    rows = [aggregate(c, rs, spec, meta["peak_tflops"]) for c, rs in runs.items()]
+    meta["repeats"] = max(len(rs) for rs in runs.values())
+    meta["command"] = " ; ".join(p["meta"]["command"] for p in parts) + " ; python benchmarks/run.py --merge " + " ".join(
+        Path(f).name for f in args.merge)
+    write(args.out, args.tag or "merged", meta, rows, runs)
+    print(markdown(rows, meta))
+    return 0
 
 
 if __name__ == "__main__":
