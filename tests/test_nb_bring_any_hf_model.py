@@ -50,7 +50,3 @@ def test_notebook_trains_from_own_weights_and_compares_serving_formats(tiny_mode
         assert len(scores["answers"]) == 2
         assert 0 <= scores["fields_right"] <= scores["valid_json"] <= 1  # fields only count in valid tickets
     assert (root / "loss.png").stat().st_size > 10_000
-
-
-# Opt-in (`pytest -m slow`) until the whole notebook tier is verified green together on an idle 2-core machine.
-pytestmark = pytest.mark.slow

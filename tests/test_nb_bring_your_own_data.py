@@ -61,7 +61,3 @@ def test_notebook_converts_validates_and_trains_from_http(tiny_model_dir, tmp_pa
     result = json.loads((run_dir / "result.json").read_text())
     assert result["steps"] == 2 and result["best_eval_loss"] > 0
     assert (run_dir / "loss.png").stat().st_size > 10_000
-
-
-# Opt-in (`pytest -m slow`) until the whole notebook tier is verified green together on an idle 2-core machine.
-pytestmark = pytest.mark.slow

@@ -41,26 +41,18 @@ def _check_stages(runs: Path, kind: str, key: str) -> None:
     assert first2["eval_loss"] == pytest.approx(at_best, rel=1e-4)
 
 
-def test_lora_stages_with_tiny_model(tiny_model_dir, tmp_path):
+def test_lora_and_full_weight_stages_with_tiny_model(tiny_model_dir, tmp_path):
+    """One execution with FULL_WEIGHTS=True runs both parts: the LoRA stages, then the full-weights stages."""
     root = tmp_path / "run"
-    run_notebook(NOTEBOOK, _params(root, tiny_model_dir, full=False), tmp_path)
+    run_notebook(NOTEBOOK, _params(root, tiny_model_dir, full=True), tmp_path)
     part1, part2 = (root / "data" / f"part-{i}.jsonl" for i in (1, 2))
     lines1, lines2 = part1.read_text().splitlines(), part2.read_text().splitlines()
     assert abs(len(lines1) - len(lines2)) <= 1 and not set(lines1) & set(lines2)
     assert sorted(lines1 + lines2) == sorted(line for line in TRAIN.read_text().splitlines() if line.strip())
     _check_stages(root / "runs", "lora", "initial_adapter_model_ckpt_path")
     assert (root / "plots" / "lora_stages.png").stat().st_size > 10_000
-    assert not (root / "runs" / "full-stage1").exists()
-
-
-@pytest.mark.slow
-def test_full_weight_stages_with_tiny_model(tiny_model_dir, tmp_path):
-    root = tmp_path / "run"
-    run_notebook(NOTEBOOK, _params(root, tiny_model_dir, full=True), tmp_path)
     _check_stages(root / "runs", "full", "initial_base_model_ckpt_path")
-    assert read_result(root / "runs" / "full-stage2")["trainable_params"] == read_result(root / "runs" / "full-stage2")["total_params"]
+    full2 = read_result(root / "runs" / "full-stage2")
+    assert full2["trainable_params"] == full2["total_params"]
+    assert read_result(root / "runs" / "lora-stage2")["trainable_params"] < full2["total_params"] / 10
     assert (root / "plots" / "full_stages.png").stat().st_size > 10_000
-
-
-# Opt-in (`pytest -m slow`) until the whole notebook tier is verified green together on an idle 2-core machine.
-pytestmark = pytest.mark.slow

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 import json
 from pathlib import Path
 
@@ -51,8 +49,3 @@ def test_lora_and_full_with_tiny_model(tiny_model_dir, tmp_path):
         assert row["train_seconds"] == result["train_seconds"] > 0
     for name in ("loss_curves.png", "costs.png"):
         assert (root / "plots" / name).stat().st_size > 10_000
-
-
-
-# Opt-in (`pytest -m slow`) until the whole notebook tier is verified green together on an idle 2-core machine.
-pytestmark = pytest.mark.slow

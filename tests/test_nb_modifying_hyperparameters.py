@@ -31,7 +31,3 @@ def test_notebook_with_tiny_model(tiny_model_dir, tmp_path):
     # the schedule the notebook plots is the one the Trainer followed
     logged = [r["learning_rate"] for r in read_metrics(run, "train")]
     assert logged == pytest.approx(lr_schedule(cfg["lr_scheduler_type"], 3e-3, 4, cfg["num_warmup_steps"]), rel=1e-6)
-
-
-# Opt-in (`pytest -m slow`) until the whole notebook tier is verified green together on an idle 2-core machine.
-pytestmark = pytest.mark.slow

@@ -39,7 +39,3 @@ def test_notebook_with_tiny_model(tiny_model_dir, tmp_path):
     assert manifest["packed_rows"] < manifest["train_examples"]
     for name in ("padding_waste.png", "throughput.png", "h100_ladder.png"):
         assert (root / "plots" / name).stat().st_size > 10_000, name
-
-
-# Opt-in (`pytest -m slow`) until the whole notebook tier is verified green together on an idle 2-core machine.
-pytestmark = pytest.mark.slow

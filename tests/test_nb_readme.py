@@ -59,7 +59,6 @@ def test_readme_quickstart_shows_exactly_two_commands():
     assert commands == ["make quickstart", "make test"]
 
 
-@pytest.mark.slow  # opt-in until the notebook tier is verified green together
 def test_first_finetune_writes_a_complete_run_directory(executed):
     _, root, model_dir = executed
     run_dir = root / "first-finetune"
@@ -78,7 +77,6 @@ def test_first_finetune_writes_a_complete_run_directory(executed):
     assert (root / "loss.png").stat().st_size > 10_000
 
 
-@pytest.mark.slow
 def test_deterministic_cells_pass_nbval_on_the_executed_notebook(executed):
     out, _, _ = executed
     # nbval starts the kernel in the notebook's folder; the README's paths are relative to the repository root

@@ -45,7 +45,3 @@ def test_notebook_end_to_end_with_tiny_model(tiny_model_dir, tmp_path):
     assert (root / "results" / "function_calling_accuracy.png").stat().st_size > 10_000
     turns = (root / "eval" / "tuned_turns.jsonl").read_text().splitlines()
     assert len(turns) == results["evaluations"]["fine-tuned"]["turns"]
-
-
-# Opt-in (`pytest -m slow`) until the whole notebook tier is verified green together on an idle 2-core machine.
-pytestmark = pytest.mark.slow

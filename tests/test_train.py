@@ -197,7 +197,6 @@ def _train_losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(run_dir, "train")}
 
 
-@pytest.mark.slow  # opt-in: its last run here could not start Ray (broken venv); not yet seen green
 def test_killed_run_resumes_to_the_same_final_loss(ray_cluster, runs, tiny_model_dir, data, tmp_path):
     """kill -9 of the whole process tree after a checkpoint; the same command then ends where an uninterrupted run does."""
     reference = runs[("zero_2", True)]  # the same config, run without interruption
