@@ -50,9 +50,6 @@ def sample_data() -> Path:
     return out
 
 
-_SHARED: dict[str, str] = {}
-
-
 @pytest.fixture(scope="session")
 def shared_ray_cluster(tmp_path_factory: pytest.TempPathFactory):
     """One local Ray cluster for every notebook of the session, reached through `RAY_ADDRESS`.
@@ -62,7 +59,6 @@ def shared_ray_cluster(tmp_path_factory: pytest.TempPathFactory):
     cluster. Started with `ray start --block` in its own process group and ended with it, so no other Ray
     on the machine is touched. Set `FORGEKIT_TEST_OWN_RAY=1` to let every notebook start its own instead.
     """
-    import os
     import signal
     import socket
     import subprocess
@@ -96,7 +92,6 @@ def shared_ray_cluster(tmp_path_factory: pytest.TempPathFactory):
         time.sleep(1)
     saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     os.environ.update(RAY_ADDRESS=address, RAY_AUTH_MODE="disabled")
-    _SHARED["address"] = address
     try:
         yield address
     finally:
@@ -123,6 +118,5 @@ def _notebooks_share_one_ray_cluster(request: pytest.FixtureRequest) -> None:
     own_cluster = name in ("test_nb_optimize_cost", "test_nb_lora_vs_full")
     if (name.startswith("test_nb_") or name == "test_toolcalling_notebook") and not own_cluster:
         request.getfixturevalue("shared_ray_cluster")
-    elif own_cluster and os.environ.get("RAY_ADDRESS") == _SHARED.get("address"):
-        monkeypatch = request.getfixturevalue("monkeypatch")
-        monkeypatch.delenv("RAY_ADDRESS")
+    elif own_cluster:
+        request.getfixturevalue("monkeypatch").delenv("RAY_ADDRESS", raising=False)

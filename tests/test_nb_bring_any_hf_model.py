@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import yaml
 
 from tests.notebook_harness import run_notebook
@@ -13,7 +12,6 @@ NOTEBOOK = "cookbooks/bring_any_hf_model/bring_any_hf_model.ipynb"
 
 
 def test_notebook_trains_from_own_weights_and_compares_serving_formats(tiny_model_dir, tmp_path):
-    pytest.importorskip("forgekit.train")
     root = tmp_path / "run"
     run_notebook(
         NOTEBOOK,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 
-import pytest
 import yaml
 
 from forgekit.data import read_examples
@@ -20,7 +19,6 @@ def _count(path):
 
 
 def test_notebook_converts_validates_and_trains_from_http(tiny_model_dir, tmp_path):
-    pytest.importorskip("forgekit.train")
     root = tmp_path / "run"
     run_notebook(
         NOTEBOOK,

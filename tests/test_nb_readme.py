@@ -27,7 +27,6 @@ def _tags(cell) -> list[str]:
 
 @pytest.fixture(scope="module")
 def executed(tiny_model_dir, tmp_path_factory):
-    pytest.importorskip("forgekit.train")
     tmp = tmp_path_factory.mktemp("readme")
     root = tmp / "run"
     params = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import nbformat
-import pytest
 
 from tests.notebook_harness import REPO, parameter_names, parameters_cell, run_notebook
 
@@ -23,7 +22,6 @@ def test_parameters_cell_holds_upper_case_literals_and_outputs_are_stripped():
 
 
 def test_notebook_end_to_end_with_tiny_model(tiny_model_dir, tmp_path):
-    pytest.importorskip("forgekit.train")
     root = tmp_path / "run"
     run_notebook(NOTEBOOK, {
         "RUN_ROOT": str(root),
