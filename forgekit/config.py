@@ -200,6 +200,13 @@ class FinetuneConfig(_Strict):
     run_name: str | None = Field(None, description="forgekit: run directory name; unset = model + timestamp.")
     checkpoint_and_evaluation_frequency: CheckpointFrequency = Field(default_factory=CheckpointFrequency)
     num_checkpoints_to_keep: int = Field(1, ge=1)
+    save_optimizer_state: bool = Field(
+        True,
+        description="forgekit: false = checkpoints hold the model (or adapter) and tokenizer only, no optimizer, "
+        "scheduler or RNG state: about 1/7 of the disk of a full fine-tune with Adam (an 8B ZeRO-3 checkpoint "
+        "drops from ~110 GB to 16 GB), but an interrupted run cannot resume; continue from its checkpoint as a "
+        "new stage (initial_base_model_ckpt_path / initial_adapter_model_ckpt_path) instead.",
+    )
     logging_steps: int = Field(1, ge=1, description="forgekit: optimizer steps between metrics lines.")
     logger: LoggerConfig | None = None
 

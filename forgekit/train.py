@@ -339,7 +339,21 @@ def _last_checkpoint(run_dir: Path) -> str | None:
     from forgekit.runs import list_checkpoints
 
     done = [c for c in list_checkpoints(run_dir) if (c / "trainer_state.json").is_file()]
+    if done and not has_optimizer_state(done[-1]):
+        problem = (
+            f"save_optimizer_state: {run_dir} was interrupted and its last checkpoint {done[-1]} holds no "
+            "optimizer state (the run had save_optimizer_state: false), so it cannot resume exactly. Start a "
+            "new stage from it with initial_base_model_ckpt_path (full weights) or "
+            "initial_adapter_model_ckpt_path (LoRA) and another run_name, or delete the run directory."
+        )
+        raise ConfigError([problem])
     return str(done[-1]) if done else None
+
+
+def has_optimizer_state(checkpoint: str | Path) -> bool:
+    """Whether a Trainer checkpoint can resume a run (optimizer state: torch's file or DeepSpeed's shards)."""
+    ckpt = Path(checkpoint)
+    return (ckpt / "optimizer.pt").is_file() or any(ckpt.glob("global_step*"))
 
 
 def _absolute_paths(cfg: FinetuneConfig) -> FinetuneConfig:
@@ -543,7 +557,7 @@ def _train_worker(wc: dict[str, Any]) -> None:
         remove_unused_columns=False,
         dataloader_num_workers=0,
         include_num_input_tokens_seen="all" if packed else "non_padding",
-        save_only_model=False,
+        save_only_model=not cfg.save_optimizer_state,
         ddp_find_unused_parameters=False,
     )
     reporter = _reporter_class()(run_dir, rank, world, max_steps, eval_every, model, cfg, packed, trainable, total, on_gpu, bf16)
@@ -569,6 +583,12 @@ def _train_worker(wc: dict[str, Any]) -> None:
         trainer.train()
     else:
         with checkpoint.as_directory() as ckpt_dir:
+            if not has_optimizer_state(ckpt_dir):  # Ray retrying a failed worker from a weights-only checkpoint
+                raise RuntimeError(
+                    f"save_optimizer_state is false: checkpoint {ckpt_dir} holds no optimizer state, so the run "
+                    "cannot resume; start a new stage from it (initial_base_model_ckpt_path / "
+                    "initial_adapter_model_ckpt_path)"
+                )
             step = json.loads((Path(ckpt_dir) / "trainer_state.json").read_text())["global_step"]
             reporter.reset_metrics(after_step=step)
             local = staging / f"checkpoint-{step}"

@@ -90,7 +90,9 @@ def runs(ray_cluster, tiny_model_dir, data, tmp_path_factory) -> dict[tuple[str,
         root = tmp_path_factory.mktemp(f"{stage}-{'lora' if lora else 'full'}")
         cfg = config(tiny_model_dir, data, root / "runs",
                      deepspeed={"config_path": str(REPO / "deepspeed_configs" / f"{stage}.json")},
-                     **({"lora_config": LORA} if lora else {"learning_rate": 3e-3}))
+                     **({"lora_config": LORA} if lora else {"learning_rate": 3e-3}),
+                     # the ZeRO-3 full run saves weights only (an 8B full fine-tune's disk-saving option)
+                     save_optimizer_state=(stage, lora) != ("zero_3", False))
         out[(stage, lora)] = finetune(load_config(cfg), progress=False)
     return out
 
@@ -169,6 +171,25 @@ def test_saved_full_model_loads_in_plain_transformers(runs, data, stage):
     model = AutoModelForCausalLM.from_pretrained(best).eval()
     loss = _eval_loss(model, AutoTokenizer.from_pretrained(best), data)
     assert loss == pytest.approx(result["best_eval_loss"], rel=2e-3)
+
+
+def test_weights_only_checkpoints_are_smaller_and_refuse_to_resume(runs):
+    from forgekit.config import ConfigError
+    from forgekit.train import _last_checkpoint, has_optimizer_state
+
+    full = Path(runs[("zero_2", False)]["best_checkpoint"])
+    weights_only_run = Path(runs[("zero_3", False)]["run_dir"])
+    weights_only = Path(runs[("zero_3", False)]["best_checkpoint"])
+    assert has_optimizer_state(full) and not has_optimizer_state(weights_only)
+
+    def size(d: Path) -> int:
+        return sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+
+    assert size(weights_only) < size(full) / 2  # full fine-tune with Adam: weights + fp32 master + 2 moments
+    assert _last_checkpoint(Path(runs[("zero_2", False)]["run_dir"])) == str(full)
+    with pytest.raises(ConfigError) as err:
+        _last_checkpoint(weights_only_run)
+    assert "save_optimizer_state" in str(err.value) and "initial_base_model_ckpt_path" in str(err.value)
 
 
 def test_continue_from_adapter_and_from_full_weights(runs, ray_cluster, tiny_model_dir, data, tmp_path):
