@@ -174,6 +174,13 @@ class FinetuneConfig(_Strict):
         description="auto: PyTorch's varlen FlashAttention on CUDA GPUs (forgekit.perf), flex_attention for packed "
         "rows where varlen is missing, sdpa on CPU.",
     )
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto",
+        description="forgekit: auto = bf16 on GPUs that support it, else fp32 (CPU workers train in fp32). bf16 "
+        "asks for bf16 and is an error where unsupported; on a CPU worker it means bf16 autocast (weights, "
+        "gradients and optimizer in fp32, matrix products in bf16), for CPUs with AMX or AVX512-BF16 "
+        "instructions: measured 1.4-1.6x a fp32 LoRA step (benchmarks/results/README.md). fp32 turns bf16 off.",
+    )
     torch_compile: bool = Field(
         False,
         description="forgekit: torch.compile each decoder layer (GPU, ZeRO 0-2). Off by default: with torch 2.11 it "

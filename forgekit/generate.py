@@ -39,7 +39,7 @@ def _has_tokenizer(path: Path) -> bool:
     return (path / "tokenizer_config.json").is_file()
 
 
-def _cpu_has_bf16() -> bool:
+def cpu_has_bf16() -> bool:
     """Whether the CPU multiplies bfloat16 natively (Intel AMX or AVX512-BF16, read from /proc/cpuinfo)."""
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
@@ -58,7 +58,7 @@ def default_dtype(device: str) -> Any:
     forced = os.environ.get("FORGEKIT_GENERATE_DTYPE")
     if forced:
         return getattr(torch, forced)
-    if device.startswith("cuda") or (device == "cpu" and _cpu_has_bf16()):
+    if device.startswith("cuda") or (device == "cpu" and cpu_has_bf16()):
         return torch.bfloat16
     return torch.float32
 

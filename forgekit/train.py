@@ -450,7 +450,7 @@ def _train_worker(wc: dict[str, Any]) -> None:
 
         sys.stdout = sys.stderr = open(logs / f"rank-{rank}.log", "a", buffering=1)  # noqa: SIM115
     on_gpu = torch.cuda.is_available()
-    bf16 = on_gpu and torch.cuda.is_bf16_supported()
+    bf16, cpu_autocast = _precision(cfg.precision, on_gpu)
 
     # --- data (tokenized once on the driver; the cache dir must be reachable from every node)
     for key in ("train_dir", "valid_dir", "tokenizer_dir"):
@@ -560,10 +560,12 @@ def _train_worker(wc: dict[str, Any]) -> None:
         save_only_model=not cfg.save_optimizer_state,
         ddp_find_unused_parameters=False,
     )
-    reporter = _reporter_class()(run_dir, rank, world, max_steps, eval_every, model, cfg, packed, trainable, total, on_gpu, bf16)
+    reporter = _reporter_class()(run_dir, rank, world, max_steps, eval_every, model, cfg, packed, trainable, total, on_gpu,
+                                 "bf16" if bf16 else "bf16-autocast" if cpu_autocast else "fp32")
     reporter.levers = levers
     metrics_fns = _accuracy_fns() if cfg.task == "classification" else {}
-    trainer = Trainer(
+    trainer_class = _CpuAutocastTrainer() if cpu_autocast else Trainer
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=train_ds.remove_columns([c for c in ("length",) if c in train_ds.column_names]),
@@ -600,6 +602,39 @@ def _train_worker(wc: dict[str, Any]) -> None:
     _barrier()
     if ctx.get_local_rank() == 0:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _precision(precision: str, on_gpu: bool) -> tuple[bool, bool]:
+    """(bf16 weights, bf16 autocast on the CPU) for the `precision` key on this worker's device."""
+    import torch
+
+    if on_gpu:
+        supported = torch.cuda.is_bf16_supported()
+        if precision == "bf16" and not supported:
+            raise RuntimeError(f"precision: bf16, but {torch.cuda.get_device_name()} does not support bf16")
+        return precision != "fp32" and supported, False
+    from forgekit.generate import cpu_has_bf16
+
+    supported = cpu_has_bf16()
+    if precision == "bf16" and not supported:
+        raise RuntimeError("precision: bf16, but this CPU has no bf16 instructions (AMX / AVX512-BF16); use auto or fp32")
+    return False, precision == "bf16"
+
+
+def _CpuAutocastTrainer() -> type:  # noqa: N802 - a class, built on first use (transformers imports lazily)
+    """The Trainer with bf16 autocast on the CPU around each forward pass (training and evaluation).
+
+    Weights, gradients and the optimizer stay fp32 (DeepSpeed, if used, trains in fp32); only the matrix
+    products run in bf16, as `torch.autocast` decides. Measured: benchmarks/results/README.md (CPU).
+    """
+    import torch
+    from transformers import Trainer
+
+    class CpuAutocastTrainer(Trainer):
+        def autocast_smart_context_manager(self, cache_enabled: bool | None = True):
+            return torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=cache_enabled)
+
+    return CpuAutocastTrainer
 
 
 def _load_model(cfg: FinetuneConfig, tokenizer: Any, dtype: Any, attn: str, liger: bool) -> Any:
@@ -733,10 +768,10 @@ def _reporter_class() -> type:
     class _Reporter(TrainerCallback):
         """Rank 0 writes metrics.jsonl; every node's local rank 0 publishes checkpoints through Ray."""
 
-        def __init__(self, run_dir, rank, world, max_steps, every, model, cfg, packed, trainable, total, on_gpu, bf16):
+        def __init__(self, run_dir, rank, world, max_steps, every, model, cfg, packed, trainable, total, on_gpu, precision):
             self.run_dir, self.rank, self.world, self.max_steps, self.every = run_dir, rank, world, max_steps, every
             self.metrics_file = run_dir / "metrics.jsonl"
-            self.cfg, self.packed, self.trainable, self.total, self.on_gpu, self.bf16 = cfg, packed, trainable, total, on_gpu, bf16
+            self.cfg, self.packed, self.trainable, self.total, self.on_gpu, self.precision = cfg, packed, trainable, total, on_gpu, precision
             self.last_time, self.last_tokens, self.train_time, self.session_tokens = None, 0, 0.0, 0
             self.flops_per_token = None
             if on_gpu:
@@ -862,7 +897,7 @@ def _reporter_class() -> type:
                 "tokens_per_second": round(tps, 2) if tps else None,
                 "trainable_params": self.trainable,
                 "total_params": self.total,
-                "precision": "bf16" if self.bf16 else "fp32",
+                "precision": self.precision,
                 "world_size": self.world,
                 "levers": getattr(self, "levers", None),
             }

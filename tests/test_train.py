@@ -192,6 +192,29 @@ def test_weights_only_checkpoints_are_smaller_and_refuse_to_resume(runs):
     assert "save_optimizer_state" in str(err.value) and "initial_base_model_ckpt_path" in str(err.value)
 
 
+def test_cpu_bf16_autocast_trains_like_fp32(runs, ray_cluster, tiny_model_dir, data, tmp_path):
+    """precision: bf16 on CPU workers: autocast around the forward, fp32 weights; the same run as fp32 within bf16 noise."""
+    from safetensors.torch import load_file
+
+    from forgekit.config import load_config
+    from forgekit.generate import cpu_has_bf16
+    from forgekit.train import finetune
+
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no bf16 instructions (AMX / AVX512-BF16)")
+    fp32 = runs[("zero_2", True)]
+    bf16 = finetune(load_config(config(tiny_model_dir, data, tmp_path / "runs", lora_config=LORA, precision="bf16")),
+                    progress=False)
+    assert bf16["precision"] == "bf16-autocast" and fp32["precision"] == "fp32"
+    a, b = _train_losses(Path(fp32["run_dir"])), _train_losses(Path(bf16["run_dir"]))
+    assert a.keys() == b.keys() == set(range(1, 7))
+    assert a[1] != b[1]  # the forward really ran in bf16 ...
+    assert all(b[s] == pytest.approx(a[s], rel=0.02) for s in a)  # ... and computed the same function
+    assert b[6] < b[1] - 0.25
+    weights = load_file(Path(bf16["best_checkpoint"]) / "adapter_model.safetensors")
+    assert {str(t.dtype) for t in weights.values()} == {"torch.float32"}  # the weights stayed fp32
+
+
 def test_continue_from_adapter_and_from_full_weights(runs, ray_cluster, tiny_model_dir, data, tmp_path):
     """Stage 2 starts where stage 1 ended: its first evaluation equals stage 1's best, far below stage 1's start."""
     from forgekit.config import load_config
