@@ -177,9 +177,11 @@ class FinetuneConfig(_Strict):
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto",
         description="forgekit: auto = bf16 on GPUs that support it, else fp32 (CPU workers train in fp32). bf16 "
-        "asks for bf16 and is an error where unsupported; on a CPU worker it means bf16 autocast (weights, "
-        "gradients and optimizer in fp32, matrix products in bf16), for CPUs with AMX or AVX512-BF16 "
-        "instructions: measured 1.4-1.6x a fp32 LoRA step (benchmarks/results/README.md). fp32 turns bf16 off.",
+        "on a GPU asks for bf16 weights (an error where unsupported); on a CPU worker it means bf16 autocast "
+        "(weights, gradients and optimizer in fp32, matrix products in bf16) where the CPU has AMX or "
+        "AVX512-BF16 instructions, fp32 with a warning elsewhere: 1.38x the fp32 quickstart's training "
+        "tokens/s at the same eval loss within 0.01, but LoRA at small learning rates (2e-4) learns more "
+        "slowly, its small updates partly rounded away (benchmarks/results/README.md). fp32 turns bf16 off.",
     )
     torch_compile: bool = Field(
         False,

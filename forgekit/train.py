@@ -616,9 +616,9 @@ def _precision(precision: str, on_gpu: bool) -> tuple[bool, bool]:
     from forgekit.generate import cpu_has_bf16
 
     supported = cpu_has_bf16()
-    if precision == "bf16" and not supported:
-        raise RuntimeError("precision: bf16, but this CPU has no bf16 instructions (AMX / AVX512-BF16); use auto or fp32")
-    return False, precision == "bf16"
+    if precision == "bf16" and not supported:  # on a CPU bf16 is only a speed lever: the weights are fp32 anyway
+        log.warning("forgekit: precision: bf16, but this CPU has no bf16 instructions (AMX / AVX512-BF16): fp32")
+    return False, precision == "bf16" and supported
 
 
 def _CpuAutocastTrainer() -> type:  # noqa: N802 - a class, built on first use (transformers imports lazily)

@@ -305,3 +305,15 @@ def test_worker_failure_exits_non_zero_with_the_workers_message(tiny_model_dir, 
     assert "training failed in a worker" in proc.stderr
     assert "safetensors" in proc.stderr.lower() or "header" in proc.stderr.lower(), proc.stderr[-3000:]
     assert "Traceback (most recent call last)" not in proc.stderr.split("training failed in a worker")[0]
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_precision_on_cpu_workers(monkeypatch, has_bf16):
+    """auto and fp32 train CPU workers in fp32; bf16 autocasts where the CPU has bf16 instructions, else fp32."""
+    import forgekit.generate
+    from forgekit.train import _precision
+
+    monkeypatch.setattr(forgekit.generate, "cpu_has_bf16", lambda: has_bf16)
+    assert _precision("auto", on_gpu=False) == (False, False)
+    assert _precision("fp32", on_gpu=False) == (False, False)
+    assert _precision("bf16", on_gpu=False) == (False, has_bf16)  # (bf16 weights, bf16 autocast)
