@@ -3,7 +3,7 @@
 #   bash scripts/run_notebooks_by_hand.sh $(( $(date +%s) + 3600 ))
 # Outputs and logs in /tmp/hand/; prints rc, wall time and the number of plots each notebook showed.
 mkdir -p /tmp/hand
-cd /work/main
+cd "$(dirname "$0")/.."
 deadline=$1
 for nb in README.ipynb cookbooks/bring_your_own_data/bring_your_own_data.ipynb cookbooks/continue_from_checkpoint/continue_from_checkpoint.ipynb cookbooks/bring_any_hf_model/bring_any_hf_model.ipynb cookbooks/modifying_hyperparameters/modifying_hyperparameters.ipynb cookbooks/optimize_cost/optimize_cost.ipynb cookbooks/lora_vs_full/lora_vs_full.ipynb cookbooks/launch_as_job/launch_as_job.ipynb; do
   now=$(date +%s); left=$((deadline - now)); [ $left -lt 60 ] && { echo "$nb SKIPPED (deadline)"; continue; }
