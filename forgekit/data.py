@@ -144,7 +144,10 @@ def _read_text(path: str) -> str:
             raise DataError([f"{path}: cannot read: {e}"]) from None
     local = Path(path.removeprefix("file://"))
     if not local.exists():
-        raise DataError([f"{path}: file not found"])
+        hint = ""
+        if "data/generated/" in local.as_posix():  # the shipped samples, written by scripts/make_sample_data.py
+            hint = " (the project's sample data: run `make data` in the repository root to write it)"
+        raise DataError([f"{path}: file not found{hint}"])
     return local.read_text(encoding="utf-8")
 
 

@@ -18,6 +18,8 @@ reports what it did; none changes what the model computes beyond floating-point 
 - :func:`compile_decoder_layers`: ``torch.compile`` each decoder layer in place.
 - :func:`pad_packed_batch`: pad a flattened packed batch to a multiple of a block size (fewer recompiles).
 - :func:`fused_optimizer_name`: the fused AdamW of PyTorch where it is available.
+- :func:`lora_sum_in_fp32`: under CPU bf16 autocast, add each LoRA update to its layer's output in fp32.
+- :func:`zero3_buckets`: DeepSpeed ZeRO-3 bucket sizes of one decoder layer (fewer, larger collectives).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = [
     "compile_decoder_layers",
     "decoder_layers",
     "fused_optimizer_name",
+    "lora_sum_in_fp32",
     "pad_packed_batch",
     "pick_attention",
     "register_varlen_attention",
@@ -45,6 +48,7 @@ __all__ = [
     "varlen_attention_forward",
     "varlen_available",
     "varlen_kwargs",
+    "zero3_buckets",
 ]
 
 #: The transformers ``attn_implementation`` name under which :func:`register_varlen_attention` registers
@@ -449,3 +453,66 @@ def pad_packed_batch(batch: dict, multiple: int, pad_token_id: int) -> dict:
 def fused_optimizer_name(on_gpu: bool) -> str:
     """The transformers ``optim`` name for AdamW: PyTorch's fused kernel on GPUs, the default loop on CPU."""
     return "adamw_torch_fused" if on_gpu else "adamw_torch"
+
+
+#: Upper bound of :func:`zero3_buckets` (elements): DeepSpeed's own default ``reduce_bucket_size``.
+ZERO3_BUCKET_CAP = 500_000_000
+
+
+def zero3_buckets(ds_config: dict, model: Any) -> dict:
+    """Fill ZeRO-3's ``"auto"`` ``reduce_bucket_size`` and ``stage3_prefetch_bucket_size`` with one layer.
+
+    transformers fills them with ``hidden_size**2`` (16.8M elements for an 8B Llama), less than one of that
+    model's MLP matrices (58.7M), so ZeRO-3 gathers parameters and reduces gradients a matrix at a time.
+    One decoder layer's parameter count (218M for the 8B shape; capped at :data:`ZERO3_BUCKET_CAP`) lets it
+    prefetch the next layer while computing this one. Measured on 2 H200s, 8B full fine-tuning: MFU 0.365 ->
+    0.413 with 2e8-element buckets (``benchmarks/results/README.md``). The extra memory is one layer's
+    parameters and gradients in 16-bit (~0.9 GB for the 8B shape). Explicit values are left alone.
+
+    Args:
+        ds_config: a DeepSpeed config dict; changed in place when its ZeRO stage is 3.
+        model: the loaded model (or a peft model around it).
+
+    Returns:
+        ``{field: value}`` of what was filled (empty when nothing was).
+    """
+    zero = ds_config.get("zero_optimization", {})
+    if int(zero.get("stage", 0)) != 3:
+        return {}
+    layers = decoder_layers(model)
+    if not layers:
+        return {}
+    per_layer = sum(getattr(p, "ds_numel", p.numel()) for p in layers[0].parameters())
+    size = int(min(per_layer, ZERO3_BUCKET_CAP))
+    filled = {}
+    for key in ("reduce_bucket_size", "stage3_prefetch_bucket_size"):
+        if zero.get(key, "auto") == "auto":
+            zero[key] = filled[key] = size
+    return filled
+
+
+def lora_sum_in_fp32(model: Any) -> int:
+    """Make every LoRA layer add its update to the frozen layer's output in fp32 (for bf16 autocast on a CPU).
+
+    Under autocast the frozen layer's output comes out in bf16 (8-bit mantissa) and peft adds the LoRA update to
+    it in bf16, so while the update is small against the output (early in a run, or at a small learning rate)
+    it is partly rounded away in the forward pass. A forward hook returns the frozen layer's output in fp32;
+    peft then sums in fp32 and the next matrix product casts back to bf16. Only for fp32 weights under autocast:
+    with bf16 weights (GPU) it would only add memory traffic.
+
+    Returns:
+        The number of LoRA layers changed.
+    """
+    import torch
+
+    def to_fp32(_module: Any, _args: Any, output: Any) -> Any:
+        return output.float() if output.dtype == torch.bfloat16 else output
+
+    count = 0
+    for module in model.modules():
+        base = getattr(module, "base_layer", None)
+        if base is not None and hasattr(module, "lora_A") and not getattr(base, "_forgekit_fp32_sum", False):
+            base.register_forward_hook(to_fp32)
+            base._forgekit_fp32_sum = True
+            count += 1
+    return count

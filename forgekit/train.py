@@ -340,14 +340,18 @@ def _last_checkpoint(run_dir: Path) -> str | None:
 
     done = [c for c in list_checkpoints(run_dir) if (c / "trainer_state.json").is_file()]
     if done and not has_optimizer_state(done[-1]):
-        problem = (
-            f"save_optimizer_state: {run_dir} was interrupted and its last checkpoint {done[-1]} holds no "
-            "optimizer state (the run had save_optimizer_state: false), so it cannot resume exactly. Start a "
-            "new stage from it with initial_base_model_ckpt_path (full weights) or "
-            "initial_adapter_model_ckpt_path (LoRA) and another run_name, or delete the run directory."
-        )
-        raise ConfigError([problem])
+        raise ConfigError([_cannot_resume(done[-1])])
     return str(done[-1]) if done else None
+
+
+def _cannot_resume(checkpoint: str | Path) -> str:
+    """Why a run cannot resume from a weights-only checkpoint, and what to do instead (driver and worker)."""
+    return (
+        f"save_optimizer_state: checkpoint {checkpoint} holds no optimizer state (the run had "
+        "save_optimizer_state: false), so the run cannot resume exactly. Start a new stage from it with "
+        "initial_base_model_ckpt_path (full weights) or initial_adapter_model_ckpt_path (LoRA) and another "
+        "run_name, or delete the run directory."
+    )
 
 
 def has_optimizer_state(checkpoint: str | Path) -> bool:
@@ -498,10 +502,15 @@ def _train_worker(wc: dict[str, Any]) -> None:
                 liger=liger,
             )
     checkpointed = perf.set_activation_checkpointing(model, every) if every else 0
+    buckets = perf.zero3_buckets(ds, model) if ds else {}
+    # bf16 autocast on a CPU: LoRA updates added to the layer outputs in fp32, not rounded away in bf16
+    fp32_sums = perf.lora_sum_in_fp32(model) if cpu_autocast and cfg.lora_config else 0
     if compile_layers:
         perf.compile_decoder_layers(model, dynamic=True)
     levers = {"attention": attn, "liger": liger, "checkpointed_layers": checkpointed,
-              "compiled": bool(compile_layers), "packing": packed, "zero_stage": zero_stage}
+              "compiled": bool(compile_layers), "packing": packed, "zero_stage": zero_stage, **buckets}
+    if fp32_sums:
+        levers["lora_fp32_sums"] = fp32_sums
     if rank == 0:
         print(f"forgekit levers: {levers}", flush=True)
 
@@ -586,11 +595,7 @@ def _train_worker(wc: dict[str, Any]) -> None:
     else:
         with checkpoint.as_directory() as ckpt_dir:
             if not has_optimizer_state(ckpt_dir):  # Ray retrying a failed worker from a weights-only checkpoint
-                raise RuntimeError(
-                    f"save_optimizer_state is false: checkpoint {ckpt_dir} holds no optimizer state, so the run "
-                    "cannot resume; start a new stage from it (initial_base_model_ckpt_path / "
-                    "initial_adapter_model_ckpt_path)"
-                )
+                raise RuntimeError(_cannot_resume(ckpt_dir))
             step = json.loads((Path(ckpt_dir) / "trainer_state.json").read_text())["global_step"]
             reporter.reset_metrics(after_step=step)
             local = staging / f"checkpoint-{step}"

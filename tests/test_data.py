@@ -110,6 +110,8 @@ def test_validate_record_direct():
 def test_missing_and_empty_files(tmp_path):
     with pytest.raises(DataError, match="nope.jsonl: file not found"):
         read_examples(str(tmp_path / "nope.jsonl"))
+    with pytest.raises(DataError, match="run `make data`"):  # a fresh clone before `make data`
+        read_examples(str(tmp_path / "data" / "generated" / "support_tickets" / "train.jsonl"))
     (tmp_path / "empty.jsonl").write_text("\n\n")
     with pytest.raises(DataError, match="empty.jsonl: no records"):
         read_examples(str(tmp_path / "empty.jsonl"))

@@ -146,3 +146,41 @@ def test_fused_optimizer_name():
 def test_apply_liger_reports_what_it_did():
     pytest.importorskip("liger_kernel")
     assert perf.apply_liger(tiny()) is True
+
+
+def test_zero3_buckets_fill_auto_with_one_layer():
+    model = tiny()
+    per_layer = sum(p.numel() for p in perf.decoder_layers(model)[0].parameters())
+    ds = {"zero_optimization": {"stage": 3, "reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": 12345}}
+    assert perf.zero3_buckets(ds, model) == {"reduce_bucket_size": per_layer}
+    assert ds["zero_optimization"] == {"stage": 3, "reduce_bucket_size": per_layer,
+                                       "stage3_prefetch_bucket_size": 12345}  # explicit value kept
+    ds2 = {"zero_optimization": {"stage": 2, "reduce_bucket_size": "auto"}}
+    assert perf.zero3_buckets(ds2, model) == {} and ds2["zero_optimization"]["reduce_bucket_size"] == "auto"
+
+
+def test_lora_sum_in_fp32_keeps_small_updates_under_cpu_autocast():
+    """A LoRA update 1e-4 of the layer's output is rounded away when peft adds it in bf16, kept in fp32."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(64, 64, bias=False))
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=4, target_modules=["0"]))
+    layer = model.base_model.model[0]
+    with torch.no_grad():
+        layer.base_layer.weight.copy_(torch.eye(64))  # output = input = 1.0
+        layer.lora_A["default"].weight.fill_(1.0 / 64)
+        layer.lora_B["default"].weight.fill_(1e-4 / 4)  # update = 4 * (1/64 * 64) * 1e-4 / 4 = 1e-4 per output
+    x = torch.ones(2, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rounded = model(x)
+    assert rounded.dtype == torch.bfloat16 and torch.all(rounded == 1.0)  # 1 + 1e-4 in bf16 is 1
+    assert perf.lora_sum_in_fp32(model) == 1
+    assert perf.lora_sum_in_fp32(model) == 0  # hooks are added once
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        kept = model(x)
+    assert kept.dtype == torch.float32
+    assert torch.allclose(kept - 1.0, torch.full_like(kept, 1e-4), rtol=1e-2)
+    with torch.no_grad():  # without autocast nothing changes: fp32 in, fp32 out
+        assert torch.allclose(model(x), kept, atol=1e-6)

@@ -115,6 +115,9 @@ def test_two_workers_train_and_write_the_run_directory(runs, stage, lora):
     assert result["first_eval_loss"] == evals[0]["eval_loss"]
     assert result["best_eval_loss"] == min(r["eval_loss"] for r in evals)
     assert result["train_tokens"] == train[-1]["tokens"]
+    # ZeRO-3's "auto" buckets hold one decoder layer (perf.zero3_buckets); ZeRO-2 leaves them to transformers
+    levers = json.loads((run_dir / "result.json").read_text())["levers"]
+    assert (levers.get("reduce_bucket_size", 0) > 0) == (stage == "zero_3"), levers
     # checkpoints: the 2 best by eval loss kept, published under checkpoints/, HF format + tokenizer
     names = [c.name for c in list_checkpoints(run_dir)]
     assert names == ["step-000003", "step-000006"]
@@ -206,6 +209,8 @@ def test_cpu_bf16_autocast_trains_like_fp32(runs, ray_cluster, tiny_model_dir, d
     bf16 = finetune(load_config(config(tiny_model_dir, data, tmp_path / "runs", lora_config=LORA, precision="bf16")),
                     progress=False)
     assert bf16["precision"] == "bf16-autocast" and fp32["precision"] == "fp32"
+    levers = json.loads((Path(bf16["run_dir"]) / "result.json").read_text())["levers"]
+    assert levers["lora_fp32_sums"] > 0  # perf.lora_sum_in_fp32 applied on the workers
     a, b = _train_losses(Path(fp32["run_dir"])), _train_losses(Path(bf16["run_dir"]))
     assert a.keys() == b.keys() == set(range(1, 7))
     assert a[1] != b[1]  # the forward really ran in bf16 ...
