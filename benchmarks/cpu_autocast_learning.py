@@ -15,7 +15,8 @@ import json
 import time
 
 
-def run(mode: str, model_dir: str, batches: list, lr: float) -> dict:
+def lora_model(mode: str, model_dir: str, lr: float) -> tuple:
+    """SmolLM2 + LoRA r16 (all linear) in fp32, set up for `mode`, and its AdamW; same seed every call."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -37,16 +38,28 @@ def run(mode: str, model_dir: str, batches: list, lr: float) -> dict:
 
         head.forward = fp32_head
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=lr, weight_decay=0.0)
+    return model, opt
+
+
+def train_step(model, opt, x, mode: str) -> float:
+    """One optimizer step on the batch `x` (labels = inputs), autocast unless `mode` is fp32; the loss."""
+    import torch
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode != "fp32"):
+        loss = model(input_ids=x, labels=x).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+    return loss.item()
+
+
+def run(mode: str, model_dir: str, batches: list, lr: float) -> dict:
+    model, opt = lora_model(mode, model_dir, lr)
     losses, times = [], []
     for x in batches:
         t = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode != "fp32"):
-            loss = model(input_ids=x, labels=x).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
+        losses.append(train_step(model, opt, x, mode))
         times.append(time.perf_counter() - t)
-        losses.append(loss.item())
     return {"losses": losses, "seconds_per_step": times}
 
 

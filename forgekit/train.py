@@ -63,7 +63,8 @@ def run_name_for(cfg: FinetuneConfig, data_key: str) -> str:
 def deepspeed_config(cfg: FinetuneConfig, *, bf16: bool | None = None) -> dict[str, Any] | None:
     """The DeepSpeed config of a run: `deepspeed.config_path` with "auto" fields filled from `cfg`.
 
-    Fields that depend on the model (bucket sizes) stay "auto" for transformers to fill. An explicit value that
+    Fields that depend on the model (bucket sizes) stay "auto" here: the worker fills ZeRO-3's buckets from the
+    loaded model (`perf.zero3_buckets`) and transformers the rest. An explicit value that
     contradicts the YAML raises ConfigError naming both. `bf16=None` leaves precision "auto" (decided on the
     worker, which knows its device).
     """
@@ -508,9 +509,8 @@ def _train_worker(wc: dict[str, Any]) -> None:
     if compile_layers:
         perf.compile_decoder_layers(model, dynamic=True)
     levers = {"attention": attn, "liger": liger, "checkpointed_layers": checkpointed,
-              "compiled": bool(compile_layers), "packing": packed, "zero_stage": zero_stage, **buckets}
-    if fp32_sums:
-        levers["lora_fp32_sums"] = fp32_sums
+              "compiled": bool(compile_layers), "packing": packed, "zero_stage": zero_stage, **buckets,
+              **({"lora_fp32_sums": fp32_sums} if fp32_sums else {})}
     if rank == 0:
         print(f"forgekit levers: {levers}", flush=True)
 
