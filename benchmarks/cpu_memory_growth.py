@@ -1,6 +1,7 @@
 """Resident memory of a CPU LoRA training process over steps with varying batch shapes (SmolLM2-135M-Instruct).
 
     python benchmarks/cpu_memory_growth.py bf16 40          # or fp32, bf16+fp32-sum; 4 rows of 64-700 random tokens
+    python benchmarks/cpu_memory_growth.py bf16 40 64       # lengths rounded up to a multiple of 64 (few shapes)
     MALLOC_MMAP_THRESHOLD_=1048576 python benchmarks/cpu_memory_growth.py bf16 40
 
 Prints RSS and elapsed seconds every 10 steps. Model, modes and step: ``cpu_autocast_learning.py``. Measured
@@ -24,12 +25,14 @@ def main() -> None:
     from forgekit.models import fetch_model
 
     mode, steps = sys.argv[1], int(sys.argv[2])
+    multiple = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     torch.set_num_threads(2)
     model, opt = lora_model(mode, str(fetch_model()), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     t0 = time.time()
     for step in range(steps):
         length = int(torch.randint(64, 700, (1,), generator=g))
+        length = -(-length // multiple) * multiple
         train_step(model, opt, torch.randint(0, model.config.vocab_size, (4, length), generator=g), mode)
         if step % 10 == 9:
             with open("/proc/self/statm") as f:

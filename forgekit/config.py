@@ -138,6 +138,13 @@ class FinetuneConfig(_Strict):
         description="forgekit: pack several examples per row with per-example position ids (no cross-attention). "
         "Unset: on for GPU runs of instruction_tuning / causal_lm with padding: longest, off on CPU.",
     )
+    pad_to_multiple_of: int | None = Field(
+        None,
+        ge=1,
+        description="forgekit: round each padded batch's length up to this multiple. Unset: 64 on CPU workers "
+        "(few distinct batch shapes keep a CPU process's memory flat; glibc's heap grows with every new shape: "
+        "5.2 GB flat vs 5.6 -> 7.8 GB over 40 SmolLM2 LoRA steps), 1 on GPUs.",
+    )
     overlength: Literal["auto", "drop", "truncate"] = Field(
         "auto",
         description="forgekit: examples longer than context_length. auto: truncate for causal_lm, else drop.",

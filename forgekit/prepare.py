@@ -383,11 +383,18 @@ def prepare_data(cfg: FinetuneConfig, *, use_gpu: bool | None = None, root: Path
     )
 
 
-def collate(features: list[dict], *, pad_token_id: int, padding: str = "longest", context_length: int | None = None) -> dict:
+def collate(
+    features: list[dict],
+    *,
+    pad_token_id: int,
+    padding: str = "longest",
+    context_length: int | None = None,
+    multiple: int = 1,
+) -> dict:
     """A training batch from dataset rows.
 
-    Unpacked rows are right-padded (to the longest row, or to `context_length` with `padding="max_length"`)
-    with an attention mask; labels are -100 on padding. Packed rows (with `position_ids`) are flattened into
+    Unpacked rows are right-padded (to the longest row rounded up to `multiple` but not past `context_length`,
+    or to `context_length` with `padding="max_length"`) with an attention mask; labels are -100 on padding. Packed rows (with `position_ids`) are flattened into
     one row without padding or attention mask, and `use_cache=False`: transformers then builds a block-diagonal
     causal mask from the position ids, so no example attends to another. Real (non-pad) tokens: `count_real_tokens(batch)`.
     """
@@ -399,9 +406,12 @@ def collate(features: list[dict], *, pad_token_id: int, padding: str = "longest"
         # transformers detects packed rows only without a KV cache: a cache would make every example see the others
         batch["use_cache"] = False
         return batch
-    width = max(len(f["input_ids"]) for f in features)
-    if padding == "max_length" and context_length:
-        width = max(width, context_length)
+    longest = max(len(f["input_ids"]) for f in features)
+    width = -(-longest // multiple) * multiple
+    if context_length:
+        width = max(longest, min(width, context_length))
+        if padding == "max_length":
+            width = max(width, context_length)
     ids = torch.full((len(features), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(features), width), -100, dtype=torch.long)
     mask = torch.zeros((len(features), width), dtype=torch.long)

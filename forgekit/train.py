@@ -481,8 +481,11 @@ def _train_worker(wc: dict[str, Any]) -> None:
         liger = on_gpu and importlib.util.find_spec("liger_kernel") is not None
     compile_layers = cfg.torch_compile and zero_stage < 3
 
+    multiple = cfg.pad_to_multiple_of or (1 if on_gpu else 64)  # few batch shapes: flat CPU memory (config.py)
+
     def data_collator(features: list[dict]) -> dict:
-        batch = collate(features, pad_token_id=pad_id, padding=cfg.padding, context_length=cfg.context_length)
+        batch = collate(features, pad_token_id=pad_id, padding=cfg.padding, context_length=cfg.context_length,
+                        multiple=multiple)
         if attn == perf.VARLEN and "position_ids" in batch:
             batch.update(perf.varlen_kwargs(batch["position_ids"]))  # document boundaries, once, on the CPU
         return batch
@@ -509,7 +512,8 @@ def _train_worker(wc: dict[str, Any]) -> None:
     if compile_layers:
         perf.compile_decoder_layers(model, dynamic=True)
     levers = {"attention": attn, "liger": liger, "checkpointed_layers": checkpointed,
-              "compiled": bool(compile_layers), "packing": packed, "zero_stage": zero_stage, **buckets,
+              "compiled": bool(compile_layers), "packing": packed, "pad_to_multiple_of": 1 if packed else multiple,
+              "zero_stage": zero_stage, **buckets,
               **({"lora_fp32_sums": fp32_sums} if fp32_sums else {})}
     if rank == 0:
         print(f"forgekit levers: {levers}", flush=True)

@@ -276,6 +276,15 @@ def test_collate_pads_right_with_masked_labels():
     assert b["input_ids"].shape == (2, 6) and count_real_tokens(b) == 4
 
 
+def test_collate_rounds_the_width_up_to_a_multiple_but_not_past_context_length():
+    feats = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}]
+    b = collate(feats, pad_token_id=0, multiple=4)
+    assert b["input_ids"].tolist() == [[5, 6, 7, 0], [8, 0, 0, 0]]
+    assert b["labels"][:, 3].tolist() == [-100, -100] and count_real_tokens(b) == 4
+    assert collate(feats, pad_token_id=0, multiple=64, context_length=10)["input_ids"].shape == (2, 10)
+    assert collate(feats, pad_token_id=0, multiple=64, context_length=2)["input_ids"].shape == (2, 3)  # never cut
+
+
 # --- derived values (default mode)
 @pytest.mark.parametrize(
     ("lengths", "model_max", "expected"),

@@ -91,14 +91,13 @@ def test_records_are_valid_and_match_their_kind(dataset):
             assert validate_record(row) == [], row
             kind = row["metadata"]["kind"]
             assert conversation_category(row["messages"]) == kind
-            names = {t["function"]["name"] for t in row["tools"]}
-            assert 2 <= len(names) == len(row["tools"])
+            specs = {t["function"]["name"]: t["function"]["parameters"] for t in row["tools"]}
+            assert 2 <= len(specs) == len(row["tools"])
             for m in row["messages"]:
                 for call in m.get("tool_calls") or []:
                     fn = call["function"]
-                    assert fn["name"] in names  # only offered tools are called
-                    _check_value({**TOOLS[fn["name"]].spec()["function"]["parameters"]},
-                                 json.loads(fn["arguments"]), fn["name"])
+                    assert fn["name"] in specs  # only offered tools are called, as the (renamed) spec says
+                    _check_value(specs[fn["name"]], json.loads(fn["arguments"]), fn["name"])
 
 
 def test_split_sizes_and_mix(dataset):
@@ -158,3 +157,32 @@ def test_no_call_conversations_answer_in_text():
         assert not any(m.get("tool_calls") for m in row["messages"]) and row["tools"]
     with pytest.raises(ValueError, match="unknown conversation kind"):
         make_conversation("chitchat", "train", r)
+
+
+def test_training_variety_renames_tools_and_wraps_requests_but_never_touches_test(dataset):
+    catalog = set(TOOLS)
+    train_names = _offered(dataset["train"])
+    renamed = train_names - catalog
+    assert renamed and any(n[0].islower() and any(ch.isupper() for ch in n) for n in renamed)  # camelCase
+    assert any(n.startswith(datagen.NAMESPACES) for n in renamed)
+    assert _offered(dataset["test"]) <= catalog  # test tools keep their catalog names
+    firsts = [r["messages"][0]["content"] for r in dataset["train"] if r["messages"][0]["role"] == "user"]
+    assert any(u.startswith(datagen.PREFIXES) for u in firsts)
+    tests = [m["content"] for r in dataset["test"] if r["metadata"]["kind"] in ("single", "parallel")
+             for m in r["messages"] if m["role"] == "user"]  # (small talk may start "Hello, ")
+    assert not any(u.startswith(datagen.PREFIXES) for u in tests)
+
+
+def test_rename_keeps_calls_consistent_with_specs():
+    r = random.Random(5)
+    record = make_conversation("parallel", "test", r)  # test records are never renamed: rename one by hand
+    for seed in range(20):
+        out = datagen._rename(record, random.Random(seed))
+        old_calls = [c["function"] for m in record["messages"] for c in m.get("tool_calls") or []]
+        new_calls = [c["function"] for m in out["messages"] for c in m.get("tool_calls") or []]
+        assert [sorted(json.loads(c["arguments"]).values(), key=str) for c in old_calls] == \
+            [sorted(json.loads(c["arguments"]).values(), key=str) for c in new_calls]
+        specs = {t["function"]["name"]: t["function"]["parameters"] for t in out["tools"]}
+        for c in new_calls:
+            assert set(json.loads(c["arguments"])) <= set(specs[c["name"]]["properties"])
+            assert set(specs[c["name"]]["required"]) <= set(json.loads(c["arguments"]))

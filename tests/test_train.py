@@ -118,6 +118,7 @@ def test_two_workers_train_and_write_the_run_directory(runs, stage, lora):
     # ZeRO-3's "auto" buckets hold one decoder layer (perf.zero3_buckets); ZeRO-2 leaves them to transformers
     levers = json.loads((run_dir / "result.json").read_text())["levers"]
     assert (levers.get("reduce_bucket_size", 0) > 0) == (stage == "zero_3"), levers
+    assert levers["pad_to_multiple_of"] == 64  # CPU workers: few batch shapes (config.pad_to_multiple_of)
     # checkpoints: the 2 best by eval loss kept, published under checkpoints/, HF format + tokenizer
     names = [c.name for c in list_checkpoints(run_dir)]
     assert names == ["step-000003", "step-000006"]

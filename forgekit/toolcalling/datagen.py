@@ -778,6 +778,27 @@ GENERAL_QA = (
     ("Who discovered penicillin?", "Alexander Fleming discovered penicillin in 1928."),
     ("Why do we have seasons?", "Earth's tilted axis changes how directly sunlight hits each hemisphere during the year."),
     ("Recommend a classic novel.", "Try Pride and Prejudice by Jane Austen."),
+    ("What is the freezing point of water?", "Water freezes at 0 degrees Celsius."),
+    ("Who wrote Hamlet?", "William Shakespeare wrote Hamlet."),
+    ("What is the capital of Australia?", "The capital of Australia is Canberra."),
+    ("How many minutes are in a day?", "A day has 1,440 minutes."),
+    ("What does a thesaurus do?", "A thesaurus lists words with similar and opposite meanings."),
+    ("Explain what a verb is.", "A verb is a word for an action, an event or a state."),
+    ("What is the square root of 81?", "The square root of 81 is 9."),
+    ("Give me an idea for a rainy afternoon.", "Bake some bread; it fills the house with a lovely smell."),
+    ("Which planet is closest to the Sun?", "Mercury is the closest planet to the Sun."),
+    ("What is the main gas in the air we breathe?", "Nitrogen makes up about 78% of the air."),
+    ("Write a short motto for a bakery.", "Fresh from our oven to your table."),
+    ("Who developed the theory of relativity?", "Albert Einstein developed the theory of relativity."),
+    ("How do bees make honey?", "Bees collect nectar, break it down with enzymes and let it thicken in the comb."),
+    ("What's a polite way to decline an invitation?", "Thank them warmly, say you can't make it, and wish them a great time."),
+    ("Summarise the plot of Cinderella in one sentence.",
+     "A mistreated young woman goes to a royal ball with a fairy godmother's help and wins the prince's heart."),
+    ("Why do leaves change colour in autumn?", "Chlorophyll breaks down, revealing yellow and orange pigments."),
+    ("What is the longest river in Africa?", "The Nile is the longest river in Africa."),
+    ("How can I focus better while studying?", "Work in short blocks with breaks, and keep your phone in another room."),
+    ("What is an adjective?", "An adjective is a word that describes a noun, like 'blue' or 'tall'."),
+    ("Name three primary colours.", "Red, yellow and blue are the traditional primary colours."),
     # test only from here
     ("What is the capital of Canada?", "The capital of Canada is Ottawa."),
     ("How many bones are in the adult human body?", "An adult human has 206 bones."),
@@ -790,7 +811,7 @@ GENERAL_QA = (
     ("Who invented the telephone?", "Alexander Graham Bell is credited with inventing the telephone."),
     ("Suggest a hobby I can do at home.", "You could try sketching; all you need is a pencil and paper."),
 )
-GENERAL_QA_TRAIN = 28  # the first 28 are for train/valid, the rest for test
+GENERAL_QA_TRAIN = 48  # the first 48 are for train/valid, the rest for test
 SMALL_TALK = (
     ("Hi there!", "Hello! How can I help you today?"),
     ("Thanks, that's all.", "You're welcome! Have a great day."),
@@ -811,8 +832,25 @@ THANKS = (("Thanks!", "You're welcome!"), ("Great, thank you.", "Happy to help!"
 THANKS_TRAIN = 3
 FOLLOWUPS = ("What about {x}?", "And {x}?", "How about {x}?", "Same for {x}, please.", "Now do {x}.", "And for {x}?")
 FOLLOWUPS_TRAIN = 4
-JOINERS = (" Also, ", " And ", " Then ", " Plus, ", " Oh, and ", " After that, ")
-JOINERS_TRAIN = 4
+JOINERS = (" Also, ", " And ", " Then ", " Plus, ", " Additionally, ", " Next, ", " Besides that, ", " In addition, ",
+           " On top of that, ", " Separately, ", " Oh, and ", " After that, ")
+JOINERS_TRAIN = 10
+
+# Training-only variety (train and valid; the test split is never varied). Each tool has 4-5 training
+# phrasings and 33 training tools: a small model memorises both and fails on held-out wordings and tools.
+# Wrapping requests in greetings and sign-offs, and renaming the offered tools (camelCase, a namespace,
+# another verb) so that the called name must be read off the tool list, make it read instead of recall.
+PREFIXES = ("Hey, ", "Hi! ", "Quick question: ", "Please help: ", "Hello, ", "Okay, so ", "Can you help? ",
+            "Hi there, ", "Um, ", "Good morning! ")
+SUFFIXES = (" Thanks.", " Thank you!", " Please.", " Cheers.", " Thx", " Appreciate it.", " Thanks a lot!")
+NAMESPACES = ("api_", "app_", "svc_", "tool_", "my_", "v2_")
+VERB_SWAPS = {"get": ("fetch", "lookup", "retrieve", "query"), "search": ("find", "lookup", "query"),
+              "find": ("search", "lookup", "locate"), "check": ("get", "verify", "lookup"),
+              "book": ("reserve", "make"), "create": ("new", "make", "add"), "set": ("update", "change", "make"),
+              "send": ("post", "deliver"), "calculate": ("compute", "calc"), "convert": ("exchange", "change"),
+              "track": ("trace", "follow"), "add": ("put", "insert")}
+VARY_SHARE = 0.3  # share of training requests wrapped in a greeting and/or sign-off
+RENAME_SHARE = 0.35  # share of training conversations whose tools are renamed
 SYSTEM_PROMPTS = ("You are a helpful assistant.", "You are a concise assistant. Keep answers short.",
                   "You are an assistant with access to tools.")
 UNAVAILABLE = ("Sorry, I can't {capability} - none of my tools does that.",
@@ -845,6 +883,56 @@ def _request(tool: ToolDef, split: str, r: random.Random) -> tuple[str, dict, st
     joined = text[0].lower() + text[1:] if plain_word else text
     args = {**{k: values[k][0] for k in slots}, **fixed}
     return text, {k: args[k] for k in tool.params if k in args}, joined  # in signature order
+
+
+def _vary(text: str, joined: str, r: random.Random) -> str:
+    """A training request with a greeting and/or a sign-off (`joined`: its form after a greeting)."""
+    if r.random() < VARY_SHARE:
+        text = r.choice(PREFIXES) + joined if r.random() < 0.6 else text.rstrip(".?!") + r.choice(SUFFIXES)
+    return text
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(w[:1].upper() + w[1:] for w in rest)
+
+
+def _rename(record: dict, r: random.Random) -> dict:
+    """`record` with its offered tools renamed in one style, in the specs and in every call."""
+    style = r.choice(("camel", "namespace", "verb"))
+    prefix = r.choice(NAMESPACES)
+    names, params = {}, {}
+    for spec in record["tools"]:
+        name = spec["function"]["name"]
+        verb, _, rest = name.partition("_")
+        if style == "camel":
+            names[name] = _camel(name)
+        elif style == "namespace" or verb not in VERB_SWAPS:
+            names[name] = prefix + name
+        else:
+            names[name] = r.choice(VERB_SWAPS[verb]) + "_" + rest
+        props = spec["function"]["parameters"]["properties"]
+        params[name] = {p: _camel(p) if style == "camel" else p for p in props}
+    if len(set(names.values())) < len(names):
+        return record
+    tools = []
+    for spec in record["tools"]:
+        fn = spec["function"]
+        old, pmap = fn["name"], params[fn["name"]]
+        schema = fn["parameters"]
+        tools.append({"type": "function", "function": {
+            **fn, "name": names[old], "parameters": {
+                **schema, "properties": {pmap[k]: v for k, v in schema["properties"].items()},
+                "required": [pmap[k] for k in schema["required"]]}}})
+    messages = []
+    for m in record["messages"]:
+        if m.get("tool_calls"):
+            m = {**m, "tool_calls": [
+                {**c, "function": {"name": names[c["function"]["name"]], "arguments": json.dumps(
+                    {params[c["function"]["name"]][k]: v for k, v in json.loads(c["function"]["arguments"]).items()})}}
+                for c in m["tool_calls"]]}
+        messages.append(m)
+    return {**record, "messages": messages, "tools": tools}
 
 
 class _Conversation:
@@ -916,7 +1004,7 @@ def make_conversation(kind: str, split: str, r: random.Random) -> dict:
                     req = _request(tool, split, r)
                 needed.append(tool)
                 requests.append(req)
-        text = requests[0][0]
+        text = requests[0][0] if test else _vary(requests[0][0], requests[0][2], r)
         for _, _, joined in requests[1:]:
             text += r.choice(cut(JOINERS, JOINERS_TRAIN)) + joined
         c.say("user", text)
@@ -927,8 +1015,8 @@ def make_conversation(kind: str, split: str, r: random.Random) -> dict:
         offered = _offer(needed, distractor_pool, r, max(n_tools, len(set(needed))))
     elif kind == "multi_turn":
         first = pick_tool()
-        text, args, _ = _request(first, split, r)
-        c.say("user", text)
+        text, args, joined = _request(first, split, r)
+        c.say("user", text if test else _vary(text, joined, r))
         c.say("assistant", c.call([(first, args)], with_results=True)[0])
         needed = [first]
         roll = r.random()
@@ -943,8 +1031,8 @@ def make_conversation(kind: str, split: str, r: random.Random) -> dict:
         elif roll < 0.8:
             second = pick_tool((first,))
             needed.append(second)
-            text, args2, _ = _request(second, split, r)
-            c.say("user", text)
+            text, args2, joined = _request(second, split, r)
+            c.say("user", text if test else _vary(text, joined, r))
             answers = c.call([(second, args2)], with_results=not test)
             if answers:
                 c.say("assistant", answers[0])
@@ -965,18 +1053,20 @@ def make_conversation(kind: str, split: str, r: random.Random) -> dict:
             question, answer = r.choice(cut(SMALL_TALK, SMALL_TALK_TRAIN))
         else:
             tool = r.choice(absent)
-            question = _request(tool, split, r)[0]
+            question, _, joined = _request(tool, split, r)
+            question = question if test else _vary(question, joined, r)
             answer = r.choice(UNAVAILABLE).format(capability=tool.capability)
         c.say("user", question)
         c.say("assistant", answer)
         needed = []
     else:
         raise ValueError(f"unknown conversation kind {kind!r}; expected one of {', '.join(KINDS)}")
-    return {
+    record = {
         "messages": c.messages,
         "tools": [t.spec() for t in offered],
         "metadata": {"kind": kind, "split": split, "held_out": any(t.held_out for t in needed)},
     }
+    return record if test or r.random() >= RENAME_SHARE else _rename(record, r)
 
 
 def write_tool_calling_dataset(
