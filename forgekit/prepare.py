@@ -393,9 +393,10 @@ def collate(
 ) -> dict:
     """A training batch from dataset rows.
 
-    Unpacked rows are right-padded (to the longest row rounded up to `multiple` but not past `context_length`,
-    or to `context_length` with `padding="max_length"`) with an attention mask; labels are -100 on padding. Packed rows (with `position_ids`) are flattened into
-    one row without padding or attention mask, and `use_cache=False`: transformers then builds a block-diagonal
+    Unpacked rows are right-padded (to the longest row, rounded up to `multiple` when longer than it but not
+    past `context_length`, or to `context_length` with `padding="max_length"`) with an attention mask; labels
+    are -100 on padding. Packed rows (with `position_ids`) are flattened into one row without padding or
+    attention mask, and `use_cache=False`: transformers then builds a block-diagonal
     causal mask from the position ids, so no example attends to another. Real (non-pad) tokens: `count_real_tokens(batch)`.
     """
     import torch
@@ -407,7 +408,7 @@ def collate(
         batch["use_cache"] = False
         return batch
     longest = max(len(f["input_ids"]) for f in features)
-    width = -(-longest // multiple) * multiple
+    width = -(-longest // multiple) * multiple if longest > multiple else longest  # short batches: as they are
     if context_length:
         width = max(longest, min(width, context_length))
         if padding == "max_length":

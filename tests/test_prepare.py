@@ -278,11 +278,14 @@ def test_collate_pads_right_with_masked_labels():
 
 def test_collate_rounds_the_width_up_to_a_multiple_but_not_past_context_length():
     feats = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}]
-    b = collate(feats, pad_token_id=0, multiple=4)
+    b = collate(feats, pad_token_id=0, multiple=2)
     assert b["input_ids"].tolist() == [[5, 6, 7, 0], [8, 0, 0, 0]]
+    assert collate(feats, pad_token_id=0, multiple=4)["input_ids"].shape == (2, 3)  # shorter than one multiple
     assert b["labels"][:, 3].tolist() == [-100, -100] and count_real_tokens(b) == 4
-    assert collate(feats, pad_token_id=0, multiple=64, context_length=10)["input_ids"].shape == (2, 10)
-    assert collate(feats, pad_token_id=0, multiple=64, context_length=2)["input_ids"].shape == (2, 3)  # never cut
+    long = [{"input_ids": list(range(70)), "labels": list(range(70))}]
+    assert collate(long, pad_token_id=0, multiple=64)["input_ids"].shape == (1, 128)
+    assert collate(long, pad_token_id=0, multiple=64, context_length=100)["input_ids"].shape == (1, 100)
+    assert collate(long, pad_token_id=0, multiple=64, context_length=50)["input_ids"].shape == (1, 70)  # never cut
 
 
 # --- derived values (default mode)
