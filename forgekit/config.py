@@ -141,7 +141,8 @@ class FinetuneConfig(_Strict):
     pad_to_multiple_of: int | None = Field(
         None,
         ge=1,
-        description="forgekit: round each padded batch's length up to this multiple. Unset: 64 on CPU workers "
+        description="forgekit: round each padded batch's length up to this multiple (batches shorter than one "
+        "multiple stay as they are). Unset: 64 on CPU workers "
         "(few distinct batch shapes keep a CPU process's memory flat; glibc's heap grows with every new shape: "
         "5.2 GB flat vs 5.6 -> 7.8 GB over 40 SmolLM2 LoRA steps), 1 on GPUs.",
     )
