@@ -9,7 +9,9 @@ set the CPU time at ~270 tokens/s) and the headline figures.
 
     python benchmarks/fc_recipe_sweep.py MODEL_DIR OUT_DIR RECIPES.json [--base]
 
-RECIPES.json: `[{"name": ..., "n_train": 400, "mix": {...} or null, "overrides": ["num_epochs=2", ...]}, ...]`
+RECIPES.json: `[{"name": ..., "n_train": 400, "mix": {...} or null, "overrides": ["num_epochs=2", ...],
+"datagen": {"SCHEMA_SHARE": 0.0, ...}}, ...]`; `datagen` (optional) sets constants of
+`forgekit.toolcalling.datagen` for that recipe's data (the training-only variety; the test split never changes).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=200)
     a = ap.parse_args()
 
+    from forgekit.toolcalling import datagen
     from forgekit.toolcalling.datagen import write_tool_calling_dataset
     from forgekit.toolcalling.evaluate import evaluate_tool_calling
     from forgekit.train import finetune
@@ -53,9 +56,19 @@ def main() -> None:
     for i, rec in enumerate(json.loads(Path(a.recipes).read_text())):
         mix = rec.get("mix")
         data_dir = out / f"data{i}"
-        paths = write_tool_calling_dataset(data_dir, rec.get("n_train", 400), 40, a.n_test, seed=rec.get("seed", 0),
-                                           mix=mix)
-        line = {"name": rec["name"], "n_train": rec.get("n_train", 400), "mix": mix, "overrides": rec["overrides"]}
+        defaults = {k: getattr(datagen, k) for k in rec.get("datagen", {})}
+        for k, v in rec.get("datagen", {}).items():
+            if not hasattr(datagen, k):
+                raise SystemExit(f"{a.recipes}: recipe {rec['name']!r}: datagen has no constant {k!r}")
+            setattr(datagen, k, tuple(v) if isinstance(v, list) else v)
+        try:
+            paths = write_tool_calling_dataset(data_dir, rec.get("n_train", 400), 40, a.n_test,
+                                               seed=rec.get("seed", 0), mix=mix)
+        finally:
+            for k, v in defaults.items():
+                setattr(datagen, k, v)
+        line = {"name": rec["name"], "n_train": rec.get("n_train", 400), "mix": mix, "overrides": rec["overrides"],
+                "datagen": rec.get("datagen", {})}
         key = json.dumps(mix, sort_keys=True)
         if a.base and key not in done_base:
             done_base.add(key)

@@ -1,4 +1,4 @@
-"""The GPU tier (``pytest -m gpu`` on a CUDA host): forgekit's fast paths on the device, through the real path.
+"""The GPU tier (``pytest -m gpu tests/test_gpu.py`` on a CUDA host): forgekit's fast paths on the device, through the real path.
 
 - The attention paths forgekit picks for packed rows (``forgekit_varlen``: PyTorch's variable-length
   FlashAttention; ``flex_attention``) keep the examples of a packed row apart in bf16 on the GPU: every

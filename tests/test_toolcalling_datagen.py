@@ -186,3 +186,26 @@ def test_rename_keeps_calls_consistent_with_specs():
         for c in new_calls:
             assert set(json.loads(c["arguments"])) <= set(specs[c["name"]]["properties"])
             assert set(specs[c["name"]]["required"]) <= set(json.loads(c["arguments"]))
+
+
+def test_schema_requests_name_every_argument_and_are_off_by_default(tmp_path, monkeypatch):
+    assert datagen.SCHEMA_SHARE == 0.0  # measured not to help (benchmarks/results/fc-recipe-sweep, sweep 4)
+    r = random.Random(2)
+    seen = [t for t in datagen._CATALOG if not t.held_out]
+    for _ in range(200):
+        tool = r.choice(seen)
+        text, args, joined = datagen._schema_request(tool, r)
+        assert set(tool.required) <= set(args) <= set(tool.params)
+        assert text.startswith((tool.description, "I want to", "Please", "Can you", "Help me"))
+        assert joined == text[0].lower() + text[1:]
+        for k in args:
+            if tool.params[k].get("type") not in ("boolean", "object", "array"):  # named: "check in 2026-03-04"
+                assert k.replace("_", " ") in text, (k, text)
+    before = write_tool_calling_dataset(tmp_path / "off", 60, 5, 20, seed=4)
+    monkeypatch.setattr(datagen, "SCHEMA_SHARE", 0.5)
+    on = write_tool_calling_dataset(tmp_path / "on", 60, 5, 20, seed=4)
+    assert on["test"].read_bytes() == before["test"].read_bytes()  # the test split never changes
+    assert on["train"].read_bytes() != before["train"].read_bytes()
+    users = [m["content"] for line in on["train"].read_text().splitlines()
+             for m in json.loads(line)["messages"] if m["role"] == "user"]
+    assert any(": " in u and re.search(r"[;,] [a-z ]+ \S", u) for u in users)
