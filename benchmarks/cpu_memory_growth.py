@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cpu_autocast_learning import lora_model, train_step  # noqa: E402
+from cpu_autocast_learning import lora_model, train_step
 
 
 def main() -> None:

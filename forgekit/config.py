@@ -20,16 +20,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
+    "DEFAULT_LORA",
     "ConfigError",
     "FinetuneConfig",
     "PromptFormatConfig",
-    "load_config",
     "apply_overrides",
     "format_config",
-    "DEFAULT_LORA",
+    "load_config",
 ]
 
 # Default mode's adapter: LoRA rank 8 on every linear layer (peft's "all-linear" shortcut).

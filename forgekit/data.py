@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DataError", "Example", "read_examples", "validate_record", "data_fingerprint", "MAX_REPORTED"]
+__all__ = ["MAX_REPORTED", "DataError", "Example", "data_fingerprint", "read_examples", "validate_record"]
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_REPORTED = 50  # problems listed before the report says "... and N more"

@@ -33,10 +33,10 @@ __all__ = [
     "BUILTIN_FORMATS",
     "FormatError",
     "Rendered",
-    "resolve_prompt_format",
     "render",
-    "tokenize_rendered",
+    "resolve_prompt_format",
     "role_format_to_jinja",
+    "tokenize_rendered",
 ]
 
 
@@ -48,12 +48,12 @@ def _fmt(**kw: Any) -> PromptFormatConfig:
     return PromptFormatConfig(**kw)
 
 
-_CHATML = dict(
-    system="<|im_start|>system\n{instruction}<|im_end|>\n",
-    user="<|im_start|>user\n{instruction}<|im_end|>\n",
-    assistant="<|im_start|>assistant\n{instruction}<|im_end|>\n",
-    trailing_assistant="<|im_start|>assistant\n",
-)
+_CHATML = {
+    "system": "<|im_start|>system\n{instruction}<|im_end|>\n",
+    "user": "<|im_start|>user\n{instruction}<|im_end|>\n",
+    "assistant": "<|im_start|>assistant\n{instruction}<|im_end|>\n",
+    "trailing_assistant": "<|im_start|>assistant\n",
+}
 
 # Built-in role templates for popular families; each is tested against a known rendering.
 BUILTIN_FORMATS: dict[str, PromptFormatConfig] = {

@@ -30,17 +30,23 @@ import numpy as np
 from forgekit import __version__
 from forgekit.config import ConfigError, FinetuneConfig, with_derived
 from forgekit.data import DataError, Example, data_fingerprint, read_examples
-from forgekit.formats import FormatError, render, resolve_prompt_format, role_format_to_jinja, tokenize_rendered
+from forgekit.formats import (
+    FormatError,
+    render,
+    resolve_prompt_format,
+    role_format_to_jinja,
+    tokenize_rendered,
+)
 
 __all__ = [
     "PreparedData",
-    "prepare_data",
-    "load_tokenizer",
-    "collate",
-    "pack_rows",
-    "preview_data",
     "cache_root",
+    "collate",
     "count_real_tokens",
+    "load_tokenizer",
+    "pack_rows",
+    "prepare_data",
+    "preview_data",
 ]
 
 log = logging.getLogger("forgekit")
@@ -101,7 +107,7 @@ def _model_max_length(cfg: FinetuneConfig) -> int | None:
 
     try:
         mc = AutoConfig.from_pretrained(_model_path(cfg))
-    except Exception:  # a hub id that cannot be reached; the worker will know
+    except Exception:  # noqa: BLE001 - a hub id that cannot be reached; the worker will know
         return None
     return getattr(mc, "max_position_embeddings", None)
 

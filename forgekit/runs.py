@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["read_metrics", "read_result", "list_checkpoints", "read_config"]
+__all__ = ["list_checkpoints", "read_config", "read_metrics", "read_result"]
 
 
 def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict[str, Any]]:

@@ -33,12 +33,12 @@ __all__ = [
     "CLASSIFICATION_LABEL_TOKENS",
     "TICKET_FIELDS",
     "make_ticket_example",
-    "write_quickstart_dataset",
+    "read_jsonl",
+    "score_ticket",
+    "split_prompt",
     "write_classification_dataset",
     "write_pretraining_dataset",
-    "read_jsonl",
-    "split_prompt",
-    "score_ticket",
+    "write_quickstart_dataset",
 ]
 
 SHOP = "Northwind Outfitters"
@@ -275,8 +275,7 @@ def _write_splits(out_dir: str | Path, splits: dict[str, list[dict]]) -> dict[st
     for split, rows in splits.items():
         path = out / f"{split}.jsonl"
         with open(path, "w", encoding="utf-8", newline="\n") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         paths[split] = str(path)
     return paths
 

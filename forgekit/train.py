@@ -37,7 +37,7 @@ from typing import Any
 
 from forgekit.config import ConfigError, FinetuneConfig, apply_overrides, format_config, load_config
 
-__all__ = ["finetune", "TrainingError", "deepspeed_config", "init_ray", "run_name_for"]
+__all__ = ["TrainingError", "deepspeed_config", "finetune", "init_ray", "run_name_for"]
 
 log = logging.getLogger("forgekit")
 CHECKPOINTS = "checkpoints"
@@ -630,7 +630,7 @@ def _precision(precision: str, on_gpu: bool) -> tuple[bool, bool]:
     return False, precision == "bf16" and supported
 
 
-def _CpuAutocastTrainer() -> type:  # noqa: N802 - a class, built on first use (transformers imports lazily)
+def _CpuAutocastTrainer() -> type:
     """The Trainer with bf16 autocast on the CPU around each forward pass (training and evaluation).
 
     Weights, gradients and the optimizer stay fp32 (DeepSpeed, if used, trains in fp32); only the matrix
@@ -784,9 +784,9 @@ def _reporter_class() -> type:
             self.last_time, self.last_tokens, self.train_time, self.session_tokens = None, 0, 0.0, 0
             self.flops_per_token = None
             if on_gpu:
-                from forgekit.flops import model_flops_per_token, peak_tflops
-
                 import torch
+
+                from forgekit.flops import model_flops_per_token, peak_tflops
 
                 base = model.get_base_model() if hasattr(model, "get_base_model") else model
                 lengths = run_dir / "manifest.json"

@@ -11,7 +11,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from forgekit.sample_data import write_classification_dataset, write_pretraining_dataset, write_quickstart_dataset
+from forgekit.sample_data import (
+    write_classification_dataset,
+    write_pretraining_dataset,
+    write_quickstart_dataset,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +31,7 @@ def main() -> None:
     }
     for name, splits in written.items():
         for split, path in splits.items():
-            n = sum(1 for _ in open(path))
+            n = len(Path(path).read_text(encoding="utf-8").splitlines())
             print(f"{name}/{split}: {n} examples -> {path}")
 
 

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from forgekit.config import ConfigError, load_config
     from forgekit.data import DataError
     from forgekit.generate import generate, load_base_for_config, load_for_generation
-    from forgekit.sample_data import read_jsonl, split_prompt, score_ticket
+    from forgekit.sample_data import read_jsonl, score_ticket, split_prompt
     from forgekit.train import TrainingError, finetune
 
     started = time.time()

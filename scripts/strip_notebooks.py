@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def notebooks() -> list[Path]:
-    out = subprocess.run(["git", "ls-files", "*.ipynb"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    out = subprocess.run(["git", "ls-files", "*.ipynb"], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout.split()
     found = {REPO / p for p in out} | {p for p in REPO.rglob("*.ipynb") if ".venv" not in p.parts and "runs" not in p.parts}
     return sorted(p for p in found if p.exists() and ".ipynb_checkpoints" not in p.parts)
 

@@ -40,7 +40,11 @@ def tokenizer(tiny_model_dir: Path):
 @pytest.fixture(scope="session", autouse=True)
 def sample_data() -> Path:
     """data/generated/ as `python scripts/make_sample_data.py` writes it (git-ignored; written when missing)."""
-    from forgekit.sample_data import write_classification_dataset, write_pretraining_dataset, write_quickstart_dataset
+    from forgekit.sample_data import (
+        write_classification_dataset,
+        write_pretraining_dataset,
+        write_quickstart_dataset,
+    )
 
     out = Path(__file__).resolve().parents[1] / "data" / "generated"
     for name, write in (("support_tickets", write_quickstart_dataset), ("ticket_routing", write_classification_dataset),

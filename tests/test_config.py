@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from forgekit.config import DEFAULT_LORA, ConfigError, apply_overrides, format_config, load_config, with_derived
+from forgekit.config import (
+    DEFAULT_LORA,
+    ConfigError,
+    apply_overrides,
+    format_config,
+    load_config,
+    with_derived,
+)
 
 CONFIGS = Path(__file__).parent / "fixtures" / "configs"
 INVALID = CONFIGS / "invalid"

@@ -11,10 +11,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
-from build_readme import render_readme  # noqa: E402
-from strip_notebooks import notebooks  # noqa: E402
+from build_readme import render_readme
+from strip_notebooks import notebooks
 
-from tests.notebook_harness import parameter_names  # noqa: E402
+from tests.notebook_harness import parameter_names
 
 
 def test_readme_md_is_generated_from_notebook():
