@@ -20,6 +20,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from unittest import mock
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "end_to_end_examples/fine_tune_function_calling"
 GPU = ["num_devices=1", "use_gpu=true", "train_batch_size_per_device=8", "packing=false",
@@ -56,17 +57,13 @@ def main() -> None:
     for i, rec in enumerate(json.loads(Path(a.recipes).read_text())):
         mix = rec.get("mix")
         data_dir = out / f"data{i}"
-        defaults = {k: getattr(datagen, k) for k in rec.get("datagen", {})}
-        for k, v in rec.get("datagen", {}).items():
-            if not hasattr(datagen, k):
-                raise SystemExit(f"{a.recipes}: recipe {rec['name']!r}: datagen has no constant {k!r}")
-            setattr(datagen, k, tuple(v) if isinstance(v, list) else v)
-        try:
+        constants = {k: tuple(v) if isinstance(v, list) else v for k, v in rec.get("datagen", {}).items()}
+        unknown = [k for k in constants if not hasattr(datagen, k)]
+        if unknown:
+            raise SystemExit(f"{a.recipes}: recipe {rec['name']!r}: datagen has no constant {unknown[0]!r}")
+        with mock.patch.multiple(datagen, **constants):  # set for this recipe's data, restored after
             paths = write_tool_calling_dataset(data_dir, rec.get("n_train", 400), 40, a.n_test,
                                                seed=rec.get("seed", 0), mix=mix)
-        finally:
-            for k, v in defaults.items():
-                setattr(datagen, k, v)
         line = {"name": rec["name"], "n_train": rec.get("n_train", 400), "mix": mix, "overrides": rec["overrides"],
                 "datagen": rec.get("datagen", {})}
         key = json.dumps(mix, sort_keys=True)

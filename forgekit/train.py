@@ -630,7 +630,7 @@ def _precision(precision: str, on_gpu: bool) -> tuple[bool, bool]:
     return False, precision == "bf16" and supported
 
 
-def _CpuAutocastTrainer() -> type:
+def _CpuAutocastTrainer() -> type:  # a class, built on first use (transformers imports lazily)
     """The Trainer with bf16 autocast on the CPU around each forward pass (training and evaluation).
 
     Weights, gradients and the optimizer stay fp32 (DeepSpeed, if used, trains in fp32); only the matrix

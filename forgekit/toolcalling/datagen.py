@@ -889,8 +889,7 @@ def _schema_request(tool: ToolDef, r: random.Random) -> tuple[str, dict, str]:
         text = f"{tool.description}: {sep.join(parts)}."
     else:
         text = f"{r.choice(('I want to', 'Please', 'Can you', 'Help me'))} {tool.capability}: {sep.join(parts)}."
-    args = {k: values[k][0] for k in names}
-    return text, {k: args[k] for k in tool.params if k in args}, text[0].lower() + text[1:]
+    return text, {k: values[k][0] for k in tool.params if k in names}, text[0].lower() + text[1:]
 
 
 def _request(tool: ToolDef, split: str, r: random.Random) -> tuple[str, dict, str]:
