@@ -59,3 +59,20 @@ def test_notebook_converts_validates_and_trains_from_http(tiny_model_dir, tmp_pa
     result = json.loads((run_dir / "result.json").read_text())
     assert result["steps"] == 2 and result["best_eval_loss"] > 0
     assert (run_dir / "loss.png").stat().st_size > 10_000
+
+
+def test_shipped_broken_file_is_reported_line_by_line():
+    """The notebook's deliberately broken JSONL: lines 2-6 are each wrong in their own way, 1 and 7 are fine."""
+    import pytest
+
+    from forgekit.data import DataError
+
+    path = "cookbooks/bring_your_own_data/sample_data/broken.jsonl"
+    with pytest.raises(DataError) as e:
+        read_examples(str(REPO / path))
+    lines = {int(p.split(f"{path}:")[1].split(":")[0]) for p in e.value.problems}
+    assert lines == {2, 3, 4, 5, 6}
+    text = "\n".join(e.value.problems)
+    for fragment in (":2: invalid JSON", ":3: messages[0]: unknown role 'customer'", ":4: messages[1] (assistant): empty content",
+                     ":5: missing 'messages'", ":6: no assistant message"):
+        assert fragment in text

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
 from build_readme import render_readme
-from strip_notebooks import notebooks
+from strip_notebooks import missing_ids, notebooks
 
 from tests.notebook_harness import parameter_names
 
@@ -24,7 +24,9 @@ def test_readme_md_is_generated_from_notebook():
 
 @pytest.mark.parametrize("path", notebooks(), ids=lambda p: str(p.relative_to(REPO)))
 def test_notebook_is_stripped_and_has_one_parameters_cell(path):
+    assert not missing_ids(path), "every cell needs an id (nbformat 4.5): run python scripts/strip_notebooks.py"
     nb = nbformat.read(path, as_version=4)
-    assert not [c for c in nb.cells if c.cell_type == "code" and c.outputs], "outputs must be stripped"
+    assert not [c for c in nb.cells if c.cell_type == "code" and (c.outputs or c.execution_count is not None)], \
+        "outputs and execution counts must be stripped: run python scripts/strip_notebooks.py"
     names = parameter_names(nb)
     assert names and all(n.isupper() for n in names), f"parameters must be UPPER_CASE literals: {sorted(names)}"
