@@ -40,7 +40,11 @@ from forgekit.flops import mfu, model_flops_per_token, peak_tflops
 
 
 class MemoryPoller:
-    """Peak used memory of GPU 0 (all processes) polled through NVML every 0.2 s; None without NVML."""
+    """Peak used memory (all processes) of the busiest GPU this process may use, polled through NVML every 0.2 s.
+
+    NVML numbers devices physically and ignores `CUDA_VISIBLE_DEVICES`, so the visible devices (indices or
+    `GPU-` UUIDs) are mapped to NVML handles here. None without NVML (CPU host, or no driver).
+    """
 
     def __init__(self) -> None:
         self.peak: float | None = None
@@ -49,9 +53,8 @@ class MemoryPoller:
             import pynvml
 
             pynvml.nvmlInit()
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-            self._nvml = pynvml
-            self.baseline = pynvml.nvmlDeviceGetMemoryInfo(self._handle).used / 2**30
+            self._handles = [_nvml_handle(pynvml, d) for d in _visible_devices(pynvml.nvmlDeviceGetCount())]
+            self._nvml = pynvml if self._handles else None
         except Exception:  # noqa: BLE001 - no NVML (CPU host, or no driver): no device-wide peak
             self._nvml = None
 
@@ -64,7 +67,7 @@ class MemoryPoller:
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            used = self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used / 2**30
+            used = max(self._nvml.nvmlDeviceGetMemoryInfo(h).used for h in self._handles) / 2**30
             self.peak = max(self.peak or 0.0, used)
             time.sleep(0.2)
 
@@ -72,6 +75,20 @@ class MemoryPoller:
         self._stop.set()
         if self._nvml:
             self._thread.join()
+
+
+def _visible_devices(count: int) -> list[str]:
+    """The devices `CUDA_VISIBLE_DEVICES` lets this process use (all `count` when unset), as NVML names them."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return [str(i) for i in range(count)]
+    return [d.strip() for d in visible.split(",") if d.strip()]
+
+
+def _nvml_handle(pynvml: Any, device: str) -> Any:
+    if device.isdigit():
+        return pynvml.nvmlDeviceGetHandleByIndex(int(device))
+    return pynvml.nvmlDeviceGetHandleByUUID(device)
 
 
 def expand_contenders(items: list[str]) -> list[str]:

@@ -16,8 +16,9 @@ import sys
 from forgekit.config import ConfigError, format_config, load_config
 from forgekit.data import DataError
 from forgekit.formats import FormatError
+from forgekit.models import ModelError
 
-USER_ERRORS = (ConfigError, DataError, FormatError)
+USER_ERRORS = (ConfigError, DataError, FormatError, ModelError)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -50,10 +51,12 @@ def _summary(manifest: dict) -> str:
 def cmd_validate(args: argparse.Namespace) -> int:
     from forgekit.batching import describe_batch
     from forgekit.prepare import prepare_data
+    from forgekit.train import deepspeed_config
 
     cfg = _load(args)
     prepared = prepare_data(cfg)
     r = prepared.resolved
+    deepspeed_config(r)  # the DeepSpeed file exists, parses and agrees with the YAML (as finetune checks)
     print(f"# {args.config}: valid ({'default' if args.default else 'custom'} mode). Resolved config:")
     print(format_config(r), end="")
     print("# " + _summary(prepared.manifest).replace("\n", "\n# "))

@@ -96,6 +96,18 @@ class GenerationConfig(_Strict):
     )
     stopping_sequences: list[str] | None = Field(None, description="Strings that end a generation.")
 
+    @field_validator("prompt_format")
+    @classmethod
+    def _known_builtin(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            from forgekit.formats import BUILTIN_FORMATS  # forgekit.formats imports this module
+
+            if v not in BUILTIN_FORMATS:
+                near = difflib.get_close_matches(v, list(BUILTIN_FORMATS), n=1)
+                hint = f" (did you mean '{near[0]}'?)" if near else ""
+                raise ValueError(f"unknown built-in format '{v}'{hint}; known: {', '.join(sorted(BUILTIN_FORMATS))}")
+        return v
+
 
 class DeepSpeedSection(_Strict):
     config_path: str = Field(..., description="DeepSpeed JSON; 'auto' fields are filled from this config.")
@@ -103,6 +115,14 @@ class DeepSpeedSection(_Strict):
 
 class ClassifierConfig(_Strict):
     label_tokens: list[str] = Field(..., min_length=2, description="One new special token per class.")
+    eval_metrics: list[Literal["accuracy", "f1", "prauc"]] = Field(
+        default_factory=lambda: ["accuracy"],
+        description=(
+            "Evaluation metrics (LLMForge's names): accuracy (the model's next token is the label), f1 (macro F1 "
+            "over the classes), prauc (macro area under the precision-recall curve, one class against the rest, "
+            "scored by the softmax over the label tokens). Accuracy is always reported."
+        ),
+    )
 
     @field_validator("label_tokens")
     @classmethod
@@ -171,7 +191,9 @@ class FinetuneConfig(_Strict):
         None, ge=1, description="forgekit: largest per-device micro batch that fits; used with total_batch_size."
     )
     worker_resources: dict[str, float] = Field(default_factory=dict, description="Extra Ray resources per worker.")
-    trainer_resources: dict[str, float] = Field(default_factory=dict, description="Ray resources of the trainer actor.")
+    trainer_resources: dict[str, float] = Field(default_factory=dict, description=(
+        "LLMForge's Ray resources of the trainer actor; accepted, but not used: Ray Train 2.60 runs its controller "
+        "without reserved resources (a warning says so). Set the workers' resources with worker_resources."))
     # --- optimisation
     num_epochs: int | None = Field(None, ge=1, description="Unset: enough epochs for min_num_update_steps.")
     min_num_update_steps: int = Field(100, ge=1)
@@ -182,8 +204,10 @@ class FinetuneConfig(_Strict):
         "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay",
     ] = "cosine"
     num_warmup_steps: int = Field(10, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
+    weight_decay: float = Field(0.0, ge=0, description="forgekit: AdamW weight decay (LoRA and full fine-tuning).")
+    max_grad_norm: float = Field(
+        1.0, gt=0, description="forgekit: gradient clipping norm (DeepSpeed's gradient_clipping when it is \"auto\")."
+    )
     gradient_checkpointing: bool = True
     attn_implementation: Literal["auto", "varlen", "sdpa", "eager", "flex_attention", "flash_attention_2"] = Field(
         "auto",
@@ -222,7 +246,9 @@ class FinetuneConfig(_Strict):
     initial_adapter_model_ckpt_path: str | None = Field(None, description="LoRA adapter to continue training.")
     # --- outputs
     output_dir: str = "runs"
-    run_name: str | None = Field(None, description="forgekit: run directory name; unset = model + timestamp.")
+    run_name: str | None = Field(None, description=(
+        "forgekit: run directory name; unset = model, lora|full and a hash of the config and data, so that "
+        "re-running the same command finds (and resumes) the same run."))
     checkpoint_and_evaluation_frequency: CheckpointFrequency = Field(default_factory=CheckpointFrequency)
     num_checkpoints_to_keep: int = Field(1, ge=1)
     save_optimizer_state: bool = Field(
@@ -252,6 +278,14 @@ class FinetuneConfig(_Strict):
         if not isinstance(r, int) or r < 1:
             raise ValueError(f"r must be a positive integer, got {r!r}")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_from_classifier_config(cls, data: Any) -> Any:
+        # as in LLMForge, a config with classifier_config and no task is a classification run
+        if isinstance(data, dict) and "task" not in data and data.get("classifier_config"):
+            data = {**data, "task": "classification"}
+        return data
 
     @model_validator(mode="after")
     def _cross_field(self) -> FinetuneConfig:
@@ -456,12 +490,26 @@ def with_derived(cfg: FinetuneConfig, **values: Any) -> FinetuneConfig:
     return new
 
 
+# values left to the workers, which know their device (result.json's `levers` records what they chose)
+DECIDED_ON_WORKER = {
+    "use_gpu": "GPUs when the Ray cluster has them",
+    "pad_to_multiple_of": "64 on CPU workers, 1 on GPUs",
+    "attn_implementation": "varlen FlashAttention on CUDA GPUs, sdpa on CPU",
+    "precision": "bf16 on GPUs that support it, fp32 on CPU",
+}
+
+
 def format_config(cfg: FinetuneConfig) -> str:
-    """The config as YAML, every value shown; derived values marked `# derived`."""
+    """The config as YAML, every value shown; derived values marked `# derived`, values the workers settle
+    (`DECIDED_ON_WORKER`, `liger_kernel.enabled`) marked with what they will be."""
     data = cfg.model_dump(mode="json")
     lines = []
     for key, value in data.items():
         mark = "  # derived" if key in cfg.derived else ""
+        if key in DECIDED_ON_WORKER and value in (None, "auto"):
+            mark = f"  # on each worker: {DECIDED_ON_WORKER[key]}"
+        if key == "liger_kernel" and value.get("enabled") is None:
+            mark = "  # enabled on each worker: on GPUs when liger-kernel is installed"
         if isinstance(value, dict) and value:
             lines.append(f"{key}:{mark}")
             body = yaml.safe_dump(value, sort_keys=False, default_flow_style=False).rstrip("\n")

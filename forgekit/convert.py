@@ -142,7 +142,12 @@ def read_rows(source: Any, *, split: str = "train", delimiter: str | None = None
             import datasets
 
             name, _, name_split = text.partition(":")
-            rows = _dataset_rows(datasets.load_dataset(name, split=name_split or split), text, split)
+            try:
+                ds = datasets.load_dataset(name, split=name_split or split)
+            except Exception as e:  # noqa: BLE001 - offline, no such dataset or split, gated: one message
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise DataError([f"{text}: not a local file, and the Hugging Face dataset cannot be loaded: {first}"]) from None
+            rows = _dataset_rows(ds, text, split)
         else:
             raise DataError([f"{text}: file not found"])
         name = text

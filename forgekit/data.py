@@ -124,8 +124,26 @@ def validate_record(record: Any, task: str = "instruction_tuning") -> list[str]:
     return problems
 
 
+_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".txt", ".parquet", ".gz")
+
+
 def _is_hf_dataset_name(path: str) -> bool:
-    return "://" not in path and not Path(path.split(":")[0]).exists() and bool(_HF_NAME.match(path))
+    """`org/name` or `org/name:split` that is no local path; `dir/train.jsonl` is a (missing) file, not a name."""
+    if "://" in path or Path(path.split(":")[0]).exists() or path.split(":")[0].lower().endswith(_FILE_SUFFIXES):
+        return False
+    return bool(_HF_NAME.match(path))
+
+
+def _load_hf(name: str) -> Any:
+    """A Hugging Face dataset split (`org/name:split`, default `train`); DataError when it cannot be loaded."""
+    import datasets
+
+    repo, _, split = name.partition(":")
+    try:
+        return datasets.load_dataset(repo, split=split or "train")
+    except Exception as e:  # noqa: BLE001 - offline, no such dataset, no such split, gated: one message
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError([f"{name}: not a local file, and the Hugging Face dataset cannot be loaded: {first}"]) from None
 
 
 def _read_text(path: str) -> str:
@@ -152,20 +170,13 @@ def _read_text(path: str) -> str:
 
 
 def _hf_records(name: str) -> list[Any]:
-    import datasets
-
-    repo, _, split = name.partition(":")
-    ds = datasets.load_dataset(repo, split=split or "train")
-    return [dict(row) for row in ds]
+    return [dict(row) for row in _load_hf(name)]
 
 
 def data_fingerprint(path: str) -> str:
     """A content hash of the data at `path` (for the tokenization cache key)."""
     if _is_hf_dataset_name(path):
-        import datasets
-
-        repo, _, split = path.partition(":")
-        return datasets.load_dataset(repo, split=split or "train")._fingerprint
+        return _load_hf(path)._fingerprint
     return hashlib.sha256(_read_text(path).encode()).hexdigest()
 
 

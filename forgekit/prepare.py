@@ -85,11 +85,16 @@ def load_tokenizer(cfg: FinetuneConfig) -> Any:
     """
     from transformers import AutoTokenizer
 
-    source = _model_path(cfg)
+    source, key = _model_path(cfg), "initial_base_model_ckpt_path" if cfg.initial_base_model_ckpt_path else "model_id"
     adapter = cfg.initial_adapter_model_ckpt_path
     if adapter and (Path(adapter) / "tokenizer_config.json").exists():
-        source = adapter
-    tok = AutoTokenizer.from_pretrained(source)
+        source, key = adapter, "initial_adapter_model_ckpt_path"
+    try:
+        tok = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as e:  # not a local model dir, and the Hub cannot serve it (offline, typo, gated)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError([f"{key}: {source}: cannot load its tokenizer (a local model directory, an embedded "
+                           f"model's name, or a Hugging Face Hub id that is reachable from here): {first}"]) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if cfg.classifier_config:

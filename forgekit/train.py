@@ -3,8 +3,8 @@
 Features and the config fields that drive them (one place, top to bottom):
 
 - Workers: `num_devices` Ray workers, GPUs when the cluster has them (`use_gpu`), else CPU processes (gloo).
-  `worker_resources` / `trainer_resources` are Ray resources. `RAY_ADDRESS` / `address=` attaches to a
-  running cluster; otherwise a local one starts with the dashboard off.
+  `worker_resources` are the Ray resources of each (`trainer_resources` is not used by Ray 2.60).
+  `RAY_ADDRESS` / `address=` attaches to a running cluster; otherwise a local one starts with the dashboard off.
 - Engine: transformers `Trainer` with DeepSpeed from `deepspeed.config_path` ("auto" values filled from this
   config; an explicit value that contradicts it is a `ConfigError` naming both). bf16 on GPUs that support
   it, fp32 on CPU. LoRA (`lora_config`, peft) or full-parameter; `gradient_checkpointing`;
@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from forgekit.batching import describe_batch
 from forgekit.config import ConfigError, FinetuneConfig, apply_overrides, format_config, load_config
 
 __all__ = ["TrainingError", "deepspeed_config", "finetune", "init_ray", "run_name_for"]
@@ -142,6 +143,7 @@ def init_ray(address: str | None = None, num_devices: int = 1) -> None:
         "PYTHONWARNINGS": "ignore",
         "FORGEKIT_VERBOSE": "0",
         "FORGEKIT_SLOW_STEP_SECONDS": "0",
+        "FORGEKIT_TEST_DIE_ONCE_AFTER_STEP": "",
     }
     runtime_env = {"env_vars": {k: os.environ.get(k, v) for k, v in env.items()}}
     if address:
@@ -182,6 +184,23 @@ def _worker_resources(cfg: FinetuneConfig, use_gpu: bool) -> dict[str, float]:
     return res
 
 
+def _scaling_config(cfg: FinetuneConfig, use_gpu: bool) -> Any:
+    """Ray's `ScalingConfig` for the run: `num_devices` workers with `worker_resources` each.
+
+    `trainer_resources` (an LLMForge field) reserved resources for Ray Train's coordinator actor. Ray Train 2.60
+    (Train V2, which forgekit's checkpoint reporting needs) has a controller that reserves nothing and raises
+    on the parameter (ray-project/ray#49454), so a non-empty value is reported and left out.
+    """
+    import ray.train
+
+    if cfg.trainer_resources:
+        log.warning("forgekit: trainer_resources %s is not used: Ray Train 2.60 runs its training controller "
+                    "without reserved resources (ray-project/ray#49454); worker_resources sets the workers'",
+                    dict(cfg.trainer_resources))
+    return ray.train.ScalingConfig(num_workers=cfg.num_devices, use_gpu=use_gpu,
+                                   resources_per_worker=_worker_resources(cfg, use_gpu))
+
+
 def _prepare_run_dir(run_dir: Path, cfg: FinetuneConfig, manifest: dict) -> bool:
     """Create or re-open the run directory; True when it already holds a finished run."""
     cfg_text = format_config(cfg)
@@ -210,34 +229,47 @@ class _Progress(threading.Thread):
         super().__init__(daemon=True)
         self.metrics_file, self.enabled = metrics_file, enabled
         self.stop = threading.Event()
+        self._offset, self._inode = 0, None
+
+    def new_rows(self) -> list[dict]:
+        """The complete lines written since the last call. A retried worker replaces the file with the lines up
+        to its checkpoint (`_Reporter.reset_metrics`): then reading starts over from the top."""
+        try:
+            st = self.metrics_file.stat()
+        except FileNotFoundError:
+            return []
+        if st.st_ino != self._inode or st.st_size < self._offset:
+            self._offset, self._inode = 0, st.st_ino
+        with self.metrics_file.open() as f:
+            f.seek(self._offset)
+            chunk = f.read()
+        lines = chunk.split("\n")
+        self._offset += len(chunk.encode()) - len(lines[-1].encode())
+        rows = []
+        for line in lines[:-1]:
+            with contextlib.suppress(json.JSONDecodeError):
+                rows.append(json.loads(line))
+        return rows
 
     def run(self) -> None:
         if not self.enabled:
             return
         from tqdm.auto import tqdm
 
-        bar, offset = None, 0
+        bar, evals_shown = None, set()
         while not self.stop.wait(1.0):
-            if not self.metrics_file.exists():
-                continue
-            with self.metrics_file.open() as f:
-                f.seek(offset)
-                chunk = f.read()
-            lines = chunk.split("\n")
-            offset += len(chunk) - len(lines[-1])
-            for line in lines[:-1]:
-                with contextlib.suppress(json.JSONDecodeError):
-                    row = json.loads(line)
-                    if bar is None and row.get("max_steps"):
-                        bar = tqdm(total=row["max_steps"], desc="fine-tuning", unit="step", dynamic_ncols=True)
-                    if bar is None:
-                        continue
-                    if row.get("kind") == "train":
-                        bar.n = row["step"]
-                        bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
-                        bar.refresh()
-                    elif row.get("kind") == "eval":
-                        bar.write(f"step {row['step']}: eval_loss {row['eval_loss']:.4f}")
+            for row in self.new_rows():
+                if bar is None and row.get("max_steps"):
+                    bar = tqdm(total=row["max_steps"], desc="fine-tuning", unit="step", dynamic_ncols=True)
+                if bar is None:
+                    continue
+                if row.get("kind") == "train":
+                    bar.n = row["step"]
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
+                    bar.refresh()
+                elif row.get("kind") == "eval" and row["step"] not in evals_shown:
+                    evals_shown.add(row["step"])
+                    bar.write(f"step {row['step']}: eval_loss {row['eval_loss']:.4f}")
         if bar is not None:
             bar.close()
 
@@ -275,6 +307,8 @@ def finetune(
     prepared = prepare_data(cfg, use_gpu=use_gpu)
     cfg = prepared.resolved
     deepspeed_config(cfg)  # fail on contradictions before any worker starts
+    log.info("forgekit: %s", describe_batch(cfg.train_batch_size_per_device, cfg.gradient_accumulation_steps,
+                                            cfg.num_devices))
     run_name = run_name_for(cfg, prepared.manifest["cache_key"])
     output_dir = Path(cfg.output_dir).expanduser().resolve()
     run_dir = output_dir / run_name
@@ -304,12 +338,7 @@ def finetune(
         _train_worker,
         train_loop_config=worker_config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.num_devices,
-            use_gpu=use_gpu,
-            resources_per_worker=_worker_resources(cfg, use_gpu),
-            trainer_resources=dict(cfg.trainer_resources) or None,
-        ),
+        scaling_config=_scaling_config(cfg, use_gpu),
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=str(output_dir),
@@ -420,7 +449,8 @@ def _summarize(run_dir: Path, result: Any, wall: float) -> dict[str, Any]:
         "wall_seconds": round(wall, 2),
         "train_seconds": info.get("train_seconds"),
     }
-    for key in ("eval_accuracy", "trainable_params", "total_params", "mfu", "peak_memory_gb", "precision", "world_size", "levers"):
+    for key in ("eval_accuracy", "eval_f1", "eval_prauc", "trainable_params", "total_params", "mfu", "peak_memory_gb",
+                "precision", "world_size", "levers"):
         if key in info:
             out[key] = info[key]
     if evals and "eval_accuracy" in evals[-1]:
@@ -576,7 +606,10 @@ def _train_worker(wc: dict[str, Any]) -> None:
     reporter = _reporter_class()(run_dir, rank, world, max_steps, eval_every, model, cfg, packed, trainable, total, on_gpu,
                                  "bf16" if bf16 else "bf16-autocast" if cpu_autocast else "fp32")
     reporter.levers = levers
-    metrics_fns = _accuracy_fns() if cfg.task == "classification" else {}
+    metrics_fns = {}
+    if cfg.task == "classification":
+        label_ids = tokenizer.convert_tokens_to_ids(cfg.classifier_config.label_tokens)
+        metrics_fns = _classification_fns(label_ids, cfg.classifier_config.eval_metrics)
     trainer_class = _CpuAutocastTrainer() if cpu_autocast else Trainer
     trainer = trainer_class(
         model=model,
@@ -730,20 +763,69 @@ def _logger_setup(cfg: FinetuneConfig, run_dir: Path) -> tuple[list[str], str | 
             return ["tensorboard"], str(pc.get("log_dir", run_dir / "tensorboard"))
 
 
-def _accuracy_fns() -> dict[str, Any]:
-    """Classification accuracy: the predicted token at each trained (label) position equals the label."""
+def _classification_fns(label_ids: list[int], metrics: Sequence[str] = ("accuracy",)) -> dict[str, Any]:
+    """Classification metrics at each trained (label) position: `accuracy` (the predicted token, over the whole
+    vocabulary, is the label), and on request `f1` (macro F1, a prediction outside the label tokens counting as
+    wrong) and `prauc` (macro average precision, one class against the rest, of the softmax over the label tokens).
+    """
     import numpy as np
+    import torch
+
+    ids = torch.tensor(label_ids)
 
     def preprocess_logits_for_metrics(logits: Any, labels: Any) -> Any:
-        return logits.argmax(dim=-1)
+        # [argmax over the vocabulary, logits of the label tokens]: kept per position instead of the full vocabulary
+        scores = logits[..., ids.to(logits.device)].float()
+        return torch.cat([logits.argmax(dim=-1, keepdim=True).float(), scores], dim=-1)
 
     def compute_metrics(pred: Any) -> dict[str, float]:
-        preds, labels = np.asarray(pred.predictions), np.asarray(pred.label_ids)
-        preds, labels = preds[:, :-1], labels[:, 1:]  # the token at t predicts label t+1
+        out, labels = np.asarray(pred.predictions), np.asarray(pred.label_ids)
+        out, labels = out[:, :-1], labels[:, 1:]  # the token at t predicts label t+1
         mask = labels != -100
-        return {"accuracy": float((preds[mask] == labels[mask]).mean()) if mask.any() else 0.0}
+        return classification_metrics(out[mask][:, 0].astype(np.int64), out[mask][:, 1:], labels[mask], label_ids, metrics)
 
     return {"compute_metrics": compute_metrics, "preprocess_logits_for_metrics": preprocess_logits_for_metrics}
+
+
+def classification_metrics(predicted: Any, label_logits: Any, labels: Any, label_ids: Sequence[int],
+                           metrics: Sequence[str] = ("accuracy",)) -> dict[str, float]:
+    """Accuracy (always), macro F1 and macro PR-AUC of a classification evaluation.
+
+    Args:
+        predicted: `[n]` the predicted token ids (argmax over the vocabulary).
+        label_logits: `[n, k]` the logits of the k label tokens.
+        labels: `[n]` the gold token ids (each one of `label_ids`).
+        label_ids: the k label tokens' ids, in class order.
+        metrics: which of "accuracy", "f1", "prauc" to compute.
+    """
+    import numpy as np
+
+    predicted, labels = np.asarray(predicted), np.asarray(labels)
+    if not len(labels):
+        return {"accuracy": 0.0}
+    out = {"accuracy": float((predicted == labels).mean())}
+    classes = [c for c in label_ids if (labels == c).any()]  # classes absent from the evaluation set have no recall
+    if "f1" in metrics:
+        f1s = []
+        for c in classes:
+            tp = float(((predicted == c) & (labels == c)).sum())
+            fp, fn = float(((predicted == c) & (labels != c)).sum()), float(((predicted != c) & (labels == c)).sum())
+            f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+        out["f1"] = float(np.mean(f1s))
+    if "prauc" in metrics:
+        z = np.asarray(label_logits, dtype=np.float64)
+        probs = np.exp(z - z.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        aps = []
+        for j, c in enumerate(label_ids):
+            if c not in classes:
+                continue
+            order = np.argsort(-probs[:, j], kind="stable")
+            hits = (labels[order] == c).astype(np.float64)
+            precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+            aps.append(float((precision_at * hits).sum() / hits.sum()))  # average precision = area under P-R
+        out["prauc"] = float(np.mean(aps))
+    return out
 
 
 def _barrier() -> None:
@@ -848,7 +930,7 @@ def _reporter_class() -> type:
 
                     row["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
                     if self.flops_per_token and self.peak:
-                        row["mfu"] = round(tps * self.flops_per_token / (self.world * self.peak * 1e12), 4)
+                        row["mfu"] = float(f"{tps * self.flops_per_token / (self.world * self.peak * 1e12):.4g}")
                 self._write(row)
                 self.last_time, self.last_tokens = now, tokens
             elif "eval_loss" in logs:
@@ -861,8 +943,9 @@ def _reporter_class() -> type:
                     "perplexity": math.exp(min(logs["eval_loss"], 50.0)),
                     "time": time.time(),
                 }
-                if "eval_accuracy" in logs:
-                    row["eval_accuracy"] = logs["eval_accuracy"]
+                for key in ("eval_accuracy", "eval_f1", "eval_prauc"):
+                    if key in logs:
+                        row[key] = logs[key]
                 self._write(row)
 
         def on_step_end(self, args, state, control, **kwargs):
@@ -891,6 +974,13 @@ def _reporter_class() -> type:
                 checkpoint_dir_name=f"{CHECKPOINTS}/step-{state.global_step:06d}",
                 checkpoint_upload_fn=_publish if _local_storage() else None,
             )
+            # testing aid: rank 1 (else 0) dies once after the checkpoint of step N, as a lost worker would; Ray's
+            # FailureConfig restarts the workers, which resume from that checkpoint (see tests)
+            die_at = os.environ.get("FORGEKIT_TEST_DIE_ONCE_AFTER_STEP")
+            marker = self.run_dir / ".forgekit-test-died"
+            if die_at and int(die_at) == state.global_step and self.rank == min(1, self.world - 1) and not marker.exists():
+                marker.touch()
+                os._exit(1)
 
         def finish(self, trainer: Any) -> None:
             import torch
@@ -913,10 +1003,10 @@ def _reporter_class() -> type:
             if self.on_gpu:
                 row["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
                 if self.flops_per_token and self.peak and tps:
-                    row["mfu"] = round(tps * self.flops_per_token / (self.world * self.peak * 1e12), 4)
+                    row["mfu"] = float(f"{tps * self.flops_per_token / (self.world * self.peak * 1e12):.4g}")
             evals = [r for r in trainer.state.log_history if "eval_accuracy" in r]
             if evals:
-                row["eval_accuracy"] = evals[-1]["eval_accuracy"]
+                row.update({k: evals[-1][k] for k in ("eval_accuracy", "eval_f1", "eval_prauc") if k in evals[-1]})
             self._write(row)
 
     return _Reporter

@@ -4,7 +4,8 @@
 
 Prints the run summary (eval loss first -> best, tokens/s, wall time, where the run directory is) and the
 base model's and the fine-tuned model's answer to the first message of the held-out test split, next to the
-reference ticket. Exit code 0 only when training finished.
+reference ticket. Exit code 0 only when training finished and the best eval loss is at least `--min-drop`
+(default 30%) below the first evaluation's (the quickstart's promise; `--min-drop 0` turns the check off).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", nargs="?", default=str(DEFAULT_CONFIG))
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. max_steps=12")
     parser.add_argument("--test-path", default=None, help="held-out chat JSONL (default: next to valid_path)")
+    parser.add_argument("--min-drop", type=float, default=0.30,
+                        help="fail (exit 3) when the eval loss falls by less than this share (default 0.30)")
     args = parser.parse_args(argv)
     import warnings
 
@@ -71,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n--- {name}{tag}\n{text}")
     summary = {"eval_loss_drop": drop, "before": before, "after": after, **result}
     (Path(result["run_dir"]) / "quickstart.json").write_text(json.dumps(summary, indent=2, default=str))
+    if args.min_drop > 0 and (drop is None or drop < args.min_drop):
+        seen = "no evaluation (set valid_path)" if drop is None else f"{drop:.0%}"
+        print(f"\nerror: the eval loss fell by {seen}, less than the {args.min_drop:.0%} this job promises",
+              file=sys.stderr)
+        return 3
     return 0
 
 

@@ -63,12 +63,15 @@ def shared_ray_cluster(tmp_path_factory: pytest.TempPathFactory):
     cluster. Started with `ray start --block` in its own process group and ended with it, so no other Ray
     on the machine is touched. Set `FORGEKIT_TEST_OWN_RAY=1` to let every notebook start its own instead.
     """
+    import contextlib
     import signal
     import socket
     import subprocess
     import sys
     import tempfile
     import time
+
+    import psutil
 
     if os.environ.get("RAY_ADDRESS") or os.environ.get("FORGEKIT_TEST_OWN_RAY"):
         yield os.environ.get("RAY_ADDRESS")
@@ -105,11 +108,21 @@ def shared_ray_cluster(tmp_path_factory: pytest.TempPathFactory):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        # Ray's workers run in sessions of their own (out of reach of killpg); remember every process the
+        # cluster started, so that none survives it (a `ray::TrainController` sometimes outlived `ray stop`)
+        try:
+            cluster = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            cluster = []
         os.killpg(proc.pid, signal.SIGTERM)  # `ray start --block` stops its cluster's processes on SIGTERM
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+        _, alive = psutil.wait_procs(cluster, timeout=10)
+        for p in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
 
 
 @pytest.fixture(autouse=True)

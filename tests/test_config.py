@@ -108,7 +108,9 @@ def test_several_cross_field_problems_are_all_reported():
          "packing is not supported for task: classification"),
         ({"max_batch_size_per_device": 4}, "max_batch_size_per_device is only used together with total_batch_size"),
         ({"initial_adapter_model_ckpt_path": "/x"}, "initial_adapter_model_ckpt_path needs lora_config"),
-        ({"classifier_config": {"label_tokens": ["<a>", "<b>"]}}, "classifier_config is only used with task"),
+        # (without a task, classifier_config makes it a classification run, as in LLMForge)
+        ({"task": "instruction_tuning", "classifier_config": {"label_tokens": ["<a>", "<b>"]}},
+         "classifier_config is only used with task"),
         ({"task": "classification", "classifier_config": {"label_tokens": ["<a>", "<a>"]}}, "must be unique"),
         ({"task": "classification", "classifier_config": {"label_tokens": ["<a>"]}}, "at least 2 items"),
         ({"lora_config": {"r": 0}}, "r must be a positive integer"),

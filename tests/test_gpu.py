@@ -164,6 +164,12 @@ def test_finetune_through_ray_and_deepspeed(tmp_path, gpu_tiny_model, zero, lora
     train = read_metrics(result["run_dir"], kind="train")
     assert result["steps"] == 8 and len(train) == 8
     assert all(r["peak_memory_gb"] > 0 and r["tokens_per_second"] > 0 for r in train)
+    # MFU is reported on GPUs forgekit knows the peak of (forgekit.flops: H100, H200, A100, ...), to 4 significant
+    # digits (a 2-layer model reaches ~1e-5)
+    from forgekit.flops import peak_tflops
+
+    if peak_tflops(torch.cuda.get_device_name()):
+        assert all(0 < r["mfu"] < 1 for r in train) and 0 < result["mfu"] < 1
     assert train[-1]["loss"] < train[0]["loss"]
     ckpt = list_checkpoints(result["run_dir"])[-1]
     weights = "adapter_model.safetensors" if lora else "model.safetensors"

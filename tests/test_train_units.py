@@ -1,0 +1,151 @@
+"""Pieces of forgekit.train that need no Ray worker: the DeepSpeed check, Ray's scaling config, context
+extension, classification metrics, and LLMForge's classification YAML."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from forgekit.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cfg(tmp_path: Path, **extra):
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}) + "\n")
+    return load_config({"model_id": "smollm2-135m-instruct", "train_path": str(train), "context_length": 128,
+                        "train_batch_size_per_device": 4, "gradient_accumulation_steps": 2, "num_devices": 2, **extra})
+
+
+def test_deepspeed_values_that_contradict_the_yaml_are_all_reported_with_both_names(tmp_path):
+    from forgekit.train import deepspeed_config
+
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"train_micro_batch_size_per_gpu": 3, "gradient_accumulation_steps": "auto",
+                              "train_batch_size": 16, "gradient_clipping": 0.5,
+                              "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}},
+                              "zero_optimization": {"stage": 2}}))
+    cfg = _cfg(tmp_path, deepspeed={"config_path": str(ds)}, max_grad_norm=1.0, learning_rate=2e-4)
+    with pytest.raises(ConfigError) as e:
+        deepspeed_config(cfg)
+    text = str(e.value)
+    for fragment in ("train_micro_batch_size_per_gpu=3 contradicts train_batch_size_per_device=4",
+                     "gradient_clipping=0.5 contradicts max_grad_norm=1.0",
+                     "optimizer.params.lr=0.001 contradicts learning_rate=0.0002"):
+        assert fragment in text
+    assert str(ds) in text
+    # train_batch_size 16 = 4 x 2 x 2 agrees; "auto" accumulation is filled, not reported
+    assert "train_batch_size=16" not in text and "gradient_accumulation_steps=" not in text
+
+
+def test_deepspeed_auto_values_are_filled_from_the_yaml(tmp_path):
+    from forgekit.train import deepspeed_config
+
+    cfg = _cfg(tmp_path, deepspeed={"config_path": str(REPO / "deepspeed_configs" / "zero_3.json")})
+    ds = deepspeed_config(cfg, bf16=False)
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (4, 2, 16)
+    assert ds["bf16"]["enabled"] is False and ds["fp16"]["enabled"] is False
+
+
+def test_trainer_resources_is_reported_and_left_out_of_rays_scaling_config(tmp_path, caplog):
+    from forgekit.train import _scaling_config
+
+    cfg = _cfg(tmp_path, trainer_resources={"memory": 1e9}, worker_resources={"accelerator_type:A10G": 0.001})
+    with caplog.at_level(logging.WARNING, logger="forgekit"):
+        sc = _scaling_config(cfg, use_gpu=True)  # Ray 2.60 raises on trainer_resources
+    assert "trainer_resources" in caplog.text
+    assert sc.num_workers == 2 and sc.use_gpu
+    assert sc.resources_per_worker == {"accelerator_type:A10G": 0.001, "GPU": 1, "CPU": 1}
+    cpu = _scaling_config(_cfg(tmp_path, worker_resources={"GPU": 1, "CPU": 2}), use_gpu=False)
+    assert cpu.resources_per_worker == {"CPU": 2}  # a CPU run asks for no GPU
+
+
+def test_context_beyond_the_models_maximum_stretches_rope(tmp_path, tiny_model_dir, tokenizer):
+    import torch
+    from transformers import AutoConfig
+
+    from forgekit.train import _load_model
+
+    model_max = AutoConfig.from_pretrained(tiny_model_dir).max_position_embeddings
+    cfg = _cfg(tmp_path, model_id=str(tiny_model_dir), context_length=model_max * 4)
+    model = _load_model(cfg, tokenizer, torch.float32, "sdpa", False)
+    assert model.config.max_position_embeddings == model_max * 4
+    assert model.config.rope_parameters["rope_type"] == "linear"
+    assert model.config.rope_parameters["factor"] == pytest.approx(4.0)
+    plain = _load_model(_cfg(tmp_path, model_id=str(tiny_model_dir), context_length=model_max), tokenizer,
+                        torch.float32, "sdpa", False)
+    assert plain.config.max_position_embeddings == model_max
+    assert plain.config.rope_parameters.get("rope_type", "default") == "default"
+
+
+# ------------------------------------------------------------------------------------ classification metrics
+
+A, B = 101, 202  # two label tokens' ids
+
+
+def test_classification_metrics_against_hand_computed_values():
+    from forgekit.train import classification_metrics
+
+    labels = np.array([A, A, B, B])
+    predicted = np.array([A, B, B, B])
+    p_a = np.array([0.9, 0.4, 0.6, 0.1])  # P(A) per example; ranking by it: A, B, A, B
+    logits = np.log(np.stack([p_a, 1 - p_a], axis=1))
+    m = classification_metrics(predicted, logits, labels, [A, B], ["accuracy", "f1", "prauc"])
+    assert m["accuracy"] == pytest.approx(0.75)
+    # F1(A) = 2*1/(2*1+0+1) = 2/3, F1(B) = 2*2/(2*2+1+0) = 4/5
+    assert m["f1"] == pytest.approx((2 / 3 + 4 / 5) / 2)
+    # both classes rank hit, miss, hit, miss: average precision (1 + 2/3) / 2
+    assert m["prauc"] == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_classification_metrics_perfect_and_off_label_predictions():
+    from forgekit.train import classification_metrics
+
+    labels = np.array([A, B, A, B])
+    sure = np.log(np.array([[0.99, 0.01], [0.01, 0.99]] * 2))
+    perfect = classification_metrics(labels, sure, labels, [A, B], ["f1", "prauc"])
+    assert perfect == {"accuracy": 1.0, "f1": 1.0, "prauc": 1.0}
+    # the model says some other token: wrong for accuracy and F1, though the label tokens still rank right
+    off = classification_metrics(np.array([7, 7, 7, 7]), sure, labels, [A, B], ["f1", "prauc"])
+    assert off["accuracy"] == 0.0 and off["f1"] == 0.0 and off["prauc"] == 1.0
+    assert set(classification_metrics(labels, sure, labels, [A, B])) == {"accuracy"}  # only what was asked
+
+
+def test_llmforge_classification_yaml_infers_the_task_and_takes_eval_metrics(tmp_path):
+    cfg = _cfg(tmp_path, classifier_config={"label_tokens": ["[[1]]", "[[2]]"], "eval_metrics": ["prauc", "f1"]})
+    assert cfg.task == "classification"
+    assert cfg.classifier_config.eval_metrics == ["prauc", "f1"]
+    with pytest.raises(ConfigError) as e:
+        _cfg(tmp_path, classifier_config={"label_tokens": ["[[1]]", "[[2]]"], "eval_metrics": ["auroc"]})
+    assert "classifier_config.eval_metrics.0" in str(e.value) and "'prauc'" in str(e.value)
+    with pytest.raises(ConfigError, match="only used with task: classification"):
+        _cfg(tmp_path, task="causal_lm", classifier_config={"label_tokens": ["[[1]]", "[[2]]"]})
+
+
+def test_progress_bar_reads_new_lines_and_starts_over_when_a_retried_worker_rewrites_the_file(tmp_path):
+    import os
+
+    from forgekit.train import _Progress
+
+    metrics = tmp_path / "metrics.jsonl"
+    p = _Progress(metrics, enabled=True)
+    assert p.new_rows() == []  # no file yet
+    rows = [{"kind": "train", "step": s, "max_steps": 6, "loss": 1.0 / s} for s in range(1, 5)]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows[:3]) + '{"kind": "tra')  # a line being written
+    assert [r["step"] for r in p.new_rows()] == [1, 2, 3]
+    with metrics.open("a") as f:
+        f.write('in", "step": 4, "max_steps": 6, "loss": 0.25}\n')
+    assert [r["step"] for r in p.new_rows()] == [4]
+    assert p.new_rows() == []
+    # a retried worker keeps the lines up to its checkpoint (step 2) in a new file, then goes on from there
+    tmp = tmp_path / "metrics.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    os.replace(tmp, metrics)
+    with metrics.open("a") as f:
+        f.write(json.dumps({"kind": "train", "step": 3, "max_steps": 6, "loss": 0.3}) + "\n")
+    assert [r["step"] for r in p.new_rows()] == [1, 2, 3]
