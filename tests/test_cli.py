@@ -96,8 +96,12 @@ def test_validate_default_mode_and_dotted_overrides(workdir, capsys):
             [],
             ["unknown built-in format 'chatmll'", "did you mean 'chatml'?"],
         ),
+        ("", ["model_id=/no/such/model"], ["model_id: /no/such/model: cannot load its tokenizer"]),
+        ("", ["train_path=mydata/train.jsonl"], ["mydata/train.jsonl: file not found"]),  # not a HF dataset name
+        ("", ["deepspeed.config_path=/no/such/ds.json"], ["deepspeed.config_path: /no/such/ds.json not found"]),
     ],
-    ids=["unknown-key", "bad-override-value", "bad-override-syntax", "unknown-format"],
+    ids=["unknown-key", "bad-override-value", "bad-override-syntax", "unknown-format", "unloadable-model",
+         "missing-data-file", "missing-deepspeed-file"],
 )
 def test_config_problems_exit_2_without_traceback(workdir, capsys, content, overrides, fragments):
     cfg = workdir / "cfg.yaml"
@@ -216,3 +220,8 @@ def test_validate_accepts_a_path_relative_to_the_working_dir(workdir, capsys, mo
     monkeypatch.chdir(workdir)
     code, out, _ = run(capsys, "validate", Path("cfg.yaml"))
     assert code == 0 and out.startswith("# cfg.yaml: valid")
+
+
+def test_unknown_embedded_model_exits_2(capsys):
+    code, out, err = run(capsys, "models", "fetch", "no-such-model")
+    assert code == 2 and "'no-such-model' is not an embedded model" in err and "Traceback" not in err + out

@@ -247,10 +247,38 @@ def _train_losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(run_dir, "train")}
 
 
-def test_killed_run_resumes_to_the_same_final_loss(ray_cluster, runs, tiny_model_dir, data, tmp_path):
-    """kill -9 of the whole process tree after a checkpoint; the same command then ends where an uninterrupted run does."""
-    reference = runs[("zero_2", True)]  # the same config, run without interruption
-    cfg = config(tiny_model_dir, data, tmp_path / "runs", lora_config=LORA)
+@pytest.mark.parametrize("preset", ["zero_3_offload_optim", "zero_3_offload_optim+param"])
+def test_offload_presets_train_like_zero_3(runs, tiny_model_dir, data, tmp_path, preset):
+    """The two offload presets (optimizer, optimizer + parameters on the CPU) train the ZeRO-3 full fine-tune of
+    the matrix step for step: offloading moves tensors, not the math."""
+    from forgekit.config import load_config
+    from forgekit.train import finetune
+
+    reference = runs[("zero_3", False)]
+    cfg = config(tiny_model_dir, data, tmp_path / "runs", learning_rate=3e-3, save_optimizer_state=False,
+                 deepspeed={"config_path": str(REPO / "deepspeed_configs" / f"{preset}.json")}, max_steps=3)
+    result = finetune(load_config(cfg), progress=False)
+    want, got = _train_losses(Path(reference["run_dir"])), _train_losses(Path(result["run_dir"]))
+    assert sorted(got) == [1, 2, 3]
+    for step in (1, 2, 3):
+        assert got[step] == pytest.approx(want[step], abs=1e-4), (step, got, want)
+    assert (Path(result["best_checkpoint"]) / "model.safetensors").is_file()
+
+
+def test_killed_run_resumes_to_the_same_final_loss(ray_cluster, tiny_model_dir, tmp_path):
+    """kill -9 of the whole process tree after a checkpoint; the same command then ends where an uninterrupted run does.
+
+    32 examples at 8 per step: 4 steps per epoch, so the checkpoint at step 3 is mid-epoch (the data position
+    must be restored), step 5 starts the second epoch's reshuffled order, and LoRA dropout draws from the RNG.
+    """
+    from forgekit.config import load_config
+    from forgekit.sample_data import write_quickstart_dataset
+    from forgekit.train import finetune
+
+    paths = write_quickstart_dataset(tmp_path / "data", n_train=32, n_valid=8, n_test=1)
+    data32 = {"train": Path(paths["train"]), "valid": Path(paths["valid"])}
+    cfg = config(tiny_model_dir, data32, tmp_path / "runs", lora_config={**LORA, "lora_dropout": 0.1})
+    reference = finetune(load_config({**cfg, "output_dir": str(tmp_path / "reference")}), progress=False)
     path = write_config(tmp_path / "cfg.yaml", cfg)
     env = {**os.environ, "FORGEKIT_MAX_FAILURES": "0", "FORGEKIT_SLOW_STEP_SECONDS": "1.5"}
     env.pop("RAY_ADDRESS", None)
@@ -278,17 +306,37 @@ def test_killed_run_resumes_to_the_same_final_loss(ray_cluster, runs, tiny_model
     assert result["final_eval_loss"] == pytest.approx(reference["final_eval_loss"], abs=1e-5)
 
 
+def test_a_worker_lost_after_a_checkpoint_is_restarted_by_ray_and_resumes(runs, tiny_model_dir, data, tmp_path):
+    """Ray's FailureConfig (max_failures 1): a worker dies after step 3's checkpoint; Ray restarts the worker group,
+    which resumes from that checkpoint, and the run ends exactly where an uninterrupted run does."""
+    reference = runs[("zero_2", True)]  # the same config, run without interruption
+    path = write_config(tmp_path / "cfg.yaml", config(tiny_model_dir, data, tmp_path / "runs", lora_config=LORA))
+    env = {**os.environ, "FORGEKIT_MAX_FAILURES": "1", "FORGEKIT_TEST_DIE_ONCE_AFTER_STEP": "3"}
+    env.pop("RAY_ADDRESS", None)  # its own cluster, whose workers inherit the variable
+    done = subprocess.run([*CLI, "finetune", str(path)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = tmp_path / "runs" / Path(reference["run_dir"]).name
+    assert (run_dir / ".forgekit-test-died").exists(), "the worker was meant to die once"
+    want, got = _train_losses(Path(reference["run_dir"])), _train_losses(run_dir)
+    assert sorted(got) == [1, 2, 3, 4, 5, 6]
+    for step in range(1, 7):
+        assert got[step] == pytest.approx(want[step], abs=1e-5), (step, got, want)
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["final_eval_loss"] == pytest.approx(reference["final_eval_loss"], abs=1e-5)
+
+
 def test_classification_accuracy_is_reported(ray_cluster, tiny_model_dir, data, tmp_path):
     from forgekit.config import load_config
     from forgekit.train import finetune
 
     cfg = config(tiny_model_dir, data, tmp_path / "runs", task="classification",
                  train_path=str(data["cls_train"]), valid_path=str(data["cls_valid"]),
-                 classifier_config={"label_tokens": data["labels"]}, lora_config=LORA, max_steps=4,
-                 checkpoint_and_evaluation_frequency={"unit": "steps", "frequency": 4})
+                 classifier_config={"label_tokens": data["labels"], "eval_metrics": ["accuracy", "f1", "prauc"]},
+                 lora_config=LORA, max_steps=4, checkpoint_and_evaluation_frequency={"unit": "steps", "frequency": 4})
     result = finetune(load_config(cfg), progress=False)
     evals = read_metrics(result["run_dir"], "eval")
-    assert all(0.0 <= r["eval_accuracy"] <= 1.0 for r in evals)
+    assert all(0.0 <= r[k] <= 1.0 for r in evals for k in ("eval_accuracy", "eval_f1", "eval_prauc"))
     assert result["eval_accuracy"] == evals[-1]["eval_accuracy"]
     # 8 validation examples, one label token each: the accuracy is a multiple of 1/8
     assert evals[-1]["eval_accuracy"] * 8 == pytest.approx(round(evals[-1]["eval_accuracy"] * 8))
