@@ -156,7 +156,13 @@ class FinetuneConfig(_Strict):
     model_id: str = Field(..., description="HF hub id, local dir, or an embedded alias (smollm2-135m-instruct).")
     train_path: str = Field(..., description="Chat JSONL: local path, file://, s3://, gs://, hf://, or a HF dataset name.")
     valid_path: str | None = Field(None, description="Validation JSONL; unset: no evaluation.")
-    task: Literal["causal_lm", "instruction_tuning", "classification", "preference_tuning"] = "instruction_tuning"
+    task: Literal["causal_lm", "instruction_tuning", "classification", "preference_tuning"] = Field(
+        "instruction_tuning",
+        description="instruction_tuning: loss on the assistant turns; causal_lm: on every token (continued "
+        "pre-training); classification: on one label token per example (classifier_config; a config with "
+        "classifier_config and no task is a classification run, as in LLMForge); preference_tuning: accepted, "
+        "not yet supported.",
+    )
     context_length: int | None = Field(None, ge=8, description="Max tokens per example. Unset: derived from the data.")
     padding: Literal["longest", "max_length"] = Field(
         "longest", description="'max_length' pads every batch to context_length (worst-case memory)."
