@@ -31,6 +31,7 @@ CUSTOM_MODELS = (
     "mistralai/Mixtral-8x7B-Instruct-v0.1",
     "Qwen/Qwen2.5-7B-Instruct",
     "google/gemma-2-27b-it",
+    "HuggingFaceTB/SmolLM2-135M-Instruct",  # the embedded model: CPU configs
 )
 
 
@@ -38,7 +39,8 @@ def _yaml_files() -> list[Path]:
     out = []
     for d in CONFIG_DIRS:
         for p in sorted((REPO / d).rglob("*")):
-            if p.suffix not in (".yaml", ".yml") or ".ipynb_checkpoints" in p.parts:
+            # a notebook run by hand leaves run directories (with their config.yaml) beside it
+            if p.suffix not in (".yaml", ".yml") or {".ipynb_checkpoints", "runs"} & set(p.relative_to(REPO).parts):
                 continue
             # notebooks' folders may hold other YAML (e.g. a job spec); forgekit configs name a model
             if d == "training_configs" or "model_id" in (yaml.safe_load(p.read_text()) or {}):
