@@ -256,11 +256,11 @@ def test_offload_presets_train_like_zero_3(runs, tiny_model_dir, data, tmp_path,
 
     reference = runs[("zero_3", False)]
     cfg = config(tiny_model_dir, data, tmp_path / "runs", learning_rate=3e-3, save_optimizer_state=False,
-                 deepspeed={"config_path": str(REPO / "deepspeed_configs" / f"{preset}.json")}, max_steps=3)
+                 deepspeed={"config_path": str(REPO / "deepspeed_configs" / f"{preset}.json")}, max_steps=2)
     result = finetune(load_config(cfg), progress=False)
     want, got = _train_losses(Path(reference["run_dir"])), _train_losses(Path(result["run_dir"]))
-    assert sorted(got) == [1, 2, 3]
-    for step in (1, 2, 3):
+    assert sorted(got) == [1, 2]  # step 2's loss is computed with weights the offloaded optimizer updated
+    for step in (1, 2):
         assert got[step] == pytest.approx(want[step], abs=1e-4), (step, got, want)
     assert (Path(result["best_checkpoint"]) / "model.safetensors").is_file()
 
