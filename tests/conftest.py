@@ -98,8 +98,11 @@ def shared_ray_cluster(tmp_path_factory: pytest.TempPathFactory):
     while subprocess.run(status, capture_output=True, check=False, env=env).returncode:
         assert proc.poll() is None and time.time() < deadline, f"ray start failed: {log.read_text()[-3000:]}"
         time.sleep(1)
-    saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
-    os.environ.update(RAY_ADDRESS=address, RAY_AUTH_MODE="disabled")
+    # the kernels' drivers pass these on to Ray Train's controller: what forgekit sets for a cluster of its own
+    # (forgekit.train.init_ray), so that each notebook run ends as soon as its workers do
+    quick = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+    saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_AUTH_MODE", *quick)}
+    os.environ.update(RAY_ADDRESS=address, RAY_AUTH_MODE="disabled", **quick)
     try:
         yield address
     finally:
