@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from forgekit.data import MAX_REPORTED, DataError, _is_hf_dataset_name, validate_record
+from forgekit.data import MAX_REPORTED, DataError, _is_hf_dataset_name, _load_hf, validate_record
 
 __all__ = [
     "chat",
@@ -139,15 +139,7 @@ def read_rows(source: Any, *, split: str = "train", delimiter: str | None = None
                 [f"{text}: unknown file type {suffix!r} (expected .csv, .tsv, .jsonl, .json or .parquet)"]
             )
         elif _is_hf_dataset_name(text):
-            import datasets
-
-            name, _, name_split = text.partition(":")
-            try:
-                ds = datasets.load_dataset(name, split=name_split or split)
-            except Exception as e:  # noqa: BLE001 - offline, no such dataset or split, gated: one message
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise DataError([f"{text}: not a local file, and the Hugging Face dataset cannot be loaded: {first}"]) from None
-            rows = _dataset_rows(ds, text, split)
+            rows = _dataset_rows(_load_hf(text, default_split=split), text, split)
         else:
             raise DataError([f"{text}: file not found"])
         name = text

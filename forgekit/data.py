@@ -134,13 +134,13 @@ def _is_hf_dataset_name(path: str) -> bool:
     return bool(_HF_NAME.match(path))
 
 
-def _load_hf(name: str) -> Any:
-    """A Hugging Face dataset split (`org/name:split`, default `train`); DataError when it cannot be loaded."""
+def _load_hf(name: str, default_split: str = "train") -> Any:
+    """A Hugging Face dataset split (`org/name:split`, else `default_split`); DataError when it cannot be loaded."""
     import datasets
 
     repo, _, split = name.partition(":")
     try:
-        return datasets.load_dataset(repo, split=split or "train")
+        return datasets.load_dataset(repo, split=split or default_split)
     except Exception as e:  # noqa: BLE001 - offline, no such dataset, no such split, gated: one message
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError([f"{name}: not a local file, and the Hugging Face dataset cannot be loaded: {first}"]) from None

@@ -123,6 +123,12 @@ def _cluster_has_gpus(address: str | None) -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
+# Ray Train settings for a cluster forgekit starts on this machine (see init_ray)
+LOCAL_CLUSTER_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+# what a classification evaluation reports (classifier_config.eval_metrics), as the Trainer names it
+CLASSIFICATION_EVAL_KEYS = ("eval_accuracy", "eval_f1", "eval_prauc")
+
+
 def init_ray(address: str | None = None, num_devices: int = 1) -> None:
     """Connect to a Ray cluster (`address`, else `$RAY_ADDRESS`) or start a quiet local one; no-op if connected.
 
@@ -154,8 +160,7 @@ def init_ray(address: str | None = None, num_devices: int = 1) -> None:
     # a cluster of its own, on this machine: nothing drains its node, so Ray Train's preemption watcher (one more
     # actor process to start) has nothing to watch, and polling the workers every 0.5 s instead of 2 s notices
     # the end of a run sooner: 3-5 s less per run on 2 cores (benchmarks/startup_overhead.py: 17.1-19.5 s -> 14.1-14.2 s)
-    runtime_env["env_vars"].update({k: os.environ.get(k, v) for k, v in (
-        ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"), ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"))})
+    runtime_env["env_vars"].update({k: os.environ.get(k, v) for k, v in LOCAL_CLUSTER_TRAIN_ENV.items()})
     import torch
 
     cpus = max(os.cpu_count() or 1, num_devices)
@@ -456,8 +461,8 @@ def _summarize(run_dir: Path, result: Any, wall: float) -> dict[str, Any]:
         "wall_seconds": round(wall, 2),
         "train_seconds": info.get("train_seconds"),
     }
-    for key in ("eval_accuracy", "eval_f1", "eval_prauc", "trainable_params", "total_params", "mfu", "peak_memory_gb",
-                "precision", "world_size", "levers"):
+    for key in (*CLASSIFICATION_EVAL_KEYS, "trainable_params", "total_params", "mfu", "peak_memory_gb", "precision",
+                "world_size", "levers"):
         if key in info:
             out[key] = info[key]
     if evals and "eval_accuracy" in evals[-1]:
@@ -884,6 +889,10 @@ def _reporter_class() -> type:
                 self.flops_per_token = model_flops_per_token(base.config, seq, lora=bool(cfg.lora_config or cfg.initial_adapter_model_ckpt_path))
                 self.peak = peak_tflops(torch.cuda.get_device_name())
 
+        def mfu(self, tps: float) -> float:
+            """Model FLOPs utilisation at `tps` real tokens/s over all workers, to 4 significant digits."""
+            return float(f"{tps * self.flops_per_token / (self.world * self.peak * 1e12):.4g}")
+
         # metrics.jsonl --------------------------------------------------------------------------------------
         def reset_metrics(self, after_step: int | None) -> None:
             """Fresh run: start the file. Resumed run: drop lines past the checkpoint (the steps are redone)."""
@@ -937,7 +946,7 @@ def _reporter_class() -> type:
 
                     row["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
                     if self.flops_per_token and self.peak:
-                        row["mfu"] = float(f"{tps * self.flops_per_token / (self.world * self.peak * 1e12):.4g}")
+                        row["mfu"] = self.mfu(tps)
                 self._write(row)
                 self.last_time, self.last_tokens = now, tokens
             elif "eval_loss" in logs:
@@ -950,9 +959,7 @@ def _reporter_class() -> type:
                     "perplexity": math.exp(min(logs["eval_loss"], 50.0)),
                     "time": time.time(),
                 }
-                for key in ("eval_accuracy", "eval_f1", "eval_prauc"):
-                    if key in logs:
-                        row[key] = logs[key]
+                row.update({k: logs[k] for k in CLASSIFICATION_EVAL_KEYS if k in logs})
                 self._write(row)
 
         def on_step_end(self, args, state, control, **kwargs):
@@ -1010,10 +1017,10 @@ def _reporter_class() -> type:
             if self.on_gpu:
                 row["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
                 if self.flops_per_token and self.peak and tps:
-                    row["mfu"] = float(f"{tps * self.flops_per_token / (self.world * self.peak * 1e12):.4g}")
+                    row["mfu"] = self.mfu(tps)
             evals = [r for r in trainer.state.log_history if "eval_accuracy" in r]
             if evals:
-                row.update({k: evals[-1][k] for k in ("eval_accuracy", "eval_f1", "eval_prauc") if k in evals[-1]})
+                row.update({k: evals[-1][k] for k in CLASSIFICATION_EVAL_KEYS if k in evals[-1]})
             self._write(row)
 
     return _Reporter

@@ -100,7 +100,8 @@ def shared_ray_cluster(tmp_path_factory: pytest.TempPathFactory):
         time.sleep(1)
     # the kernels' drivers pass these on to Ray Train's controller: what forgekit sets for a cluster of its own
     # (forgekit.train.init_ray), so that each notebook run ends as soon as its workers do
-    quick = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+    from forgekit.train import LOCAL_CLUSTER_TRAIN_ENV as quick
+
     saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_AUTH_MODE", *quick)}
     os.environ.update(RAY_ADDRESS=address, RAY_AUTH_MODE="disabled", **quick)
     try:
