@@ -10,7 +10,8 @@ data preparation, model loading and DeepSpeed initialisation are all in it.
 Options (``forgekit:k=v,...``): ``rows`` packed rows (or examples) per device batch (default 2), ``packing``
 (1), ``zero`` DeepSpeed stage 2 or 3 or ``none`` (2 on GPU, none on CPU), ``liger`` (1 on GPU), ``attn``
 (config default unless given), ``ckpt`` gradient_checkpointing (config default unless given), ``workers``
-(1), and any ``set.KEY=VALUE`` passed through as a config override.
+(1), ``profile=A-B`` (profile_steps [A, B]; with ``FKB_PROFILE_OUT=DIR`` the run's ``profile/`` is copied
+there before the run directory is removed), and any ``set.KEY=VALUE`` passed through as a config override.
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ def forgekit_config(spec: dict, opts: dict, out_dir: Path) -> dict:
         cfg["attn_implementation"] = opts["attn"]
     if "ckpt" in opts:
         cfg["gradient_checkpointing"] = opts["ckpt"] == "1"
+    if "profile" in opts:  # profile=6-8: profile_steps [6, 8] (a list cannot be written inside the option)
+        cfg["profile_steps"] = [int(x) for x in opts["profile"].split("-")]
     for key, value in opts.items():
         if key.startswith("set."):
             cfg[key[4:]] = yaml.safe_load(value)
@@ -126,6 +129,9 @@ def run_forgekit(spec: dict, opts: dict) -> dict:
         clock.stop.set()
         clock.join(timeout=2)
     rows = read_metrics(result.get("run_dir", run_dir), kind="train") if run_dir.exists() else []
+    profile = Path(result.get("run_dir", run_dir)) / "profile"
+    if profile.is_dir() and os.environ.get("FKB_PROFILE_OUT"):  # profile=A-B: keep the profile
+        shutil.copytree(profile, Path(os.environ["FKB_PROFILE_OUT"]) / f"profile-{cfg['run_name']}", dirs_exist_ok=True)
     # the run directory is scratch (an 8B full fine-tune's final checkpoint is still 16 GB)
     shutil.rmtree(tmp / "runs", ignore_errors=True)
     times = [r.get("time") or clock.seen.get(r["step"]) for r in rows]

@@ -673,24 +673,32 @@ def _short_error(text: str) -> str:
 
 
 def contenders(
-    path: str | Path = BENCHMARK_RESULTS / "llama8b-h100.json", price_per_hour: float | None = None
+    path: str | Path = BENCHMARK_RESULTS / "llama8b-h100.json",
+    price_per_hour: float | None = None,
+    more: dict[str, str | Path] | None = None,
 ) -> list[dict[str, Any]]:
     """Contenders on identical work (`benchmarks/run.py` output): median tokens/s, spread, MFU, memory.
+
+    Args:
+        path: a `benchmarks/run.py` result (JSON).
+        price_per_hour: the price of one GPU per hour, for the cost column.
+        more: `{label: path}` of further results of the same work (a later measurement, say); their rows follow,
+            named "contender (label)", and their speedup is against the first row of `path` too.
 
     Returns:
         One row per contender: {"contender", "tokens_per_s", "min_tokens_per_s", "max_tokens_per_s",
         "speedup" (vs the first row), "mfu", "peak_alloc_gb", "first_loss", "final_loss", "repeats_ok"}, and
         with a price (of one GPU per hour): "cost_per_million_tokens".
     """
-    data = _read_json(path)
+    sources = [(None, _read_json(path))] + [(label, _read_json(p)) for label, p in (more or {}).items()]
     rows = []
     base = None
-    for r in data.get("rows", []):
+    for label, r in ((label, r) for label, data in sources for r in data.get("rows", [])):
         tps = r.get("tokens_per_s")
         base = base or tps
         spread = r.get("tokens_per_s_all") or [tps]
         rows.append({
-            "contender": r["contender"],
+            "contender": r["contender"] + (f" ({label})" if label else ""),
             "tokens_per_s": tps,
             "min_tokens_per_s": min(spread) if tps else None,
             "max_tokens_per_s": max(spread) if tps else None,

@@ -265,6 +265,13 @@ class FinetuneConfig(_Strict):
         "new stage (initial_base_model_ckpt_path / initial_adapter_model_ckpt_path) instead.",
     )
     logging_steps: int = Field(1, ge=1, description="forgekit: optimizer steps between metrics lines.")
+    profile_steps: tuple[int, int] | None = Field(
+        None,
+        description="forgekit: [first, last] optimizer steps (1-based) to record with the PyTorch profiler on "
+        "rank 0: <run dir>/profile/ gets summary.json (seconds per step and, on a GPU, the share of it the GPU "
+        "sat idle waiting for the host), ops.txt (the costliest operators) and trace.json.gz (open it in "
+        "https://ui.perfetto.dev). Unset: no profiling.",
+    )
     logger: LoggerConfig | None = None
 
     _derived: set[str] = PrivateAttr(default_factory=set)
@@ -315,6 +322,9 @@ class FinetuneConfig(_Strict):
                 "total_batch_size derives train_batch_size_per_device and gradient_accumulation_steps: "
                 "set either total_batch_size (+ max_batch_size_per_device) or those two, not both"
             )
+        steps = self.profile_steps
+        if steps and len(steps) == 2 and not 1 <= steps[0] <= steps[1]:
+            problems.append(f"profile_steps: expected [first, last] with 1 <= first <= last, got {list(self.profile_steps)}")
         if self.packing and self.task == "classification":
             problems.append("packing is not supported for task: classification (one label per row)")
         if self.packing and self.padding == "max_length":

@@ -48,6 +48,10 @@ class TrainingError(RuntimeError):
     """Training failed inside a worker; the message carries the worker's error."""
 
 
+class TrainingDiverged(RuntimeError):
+    """Raised in a worker when the loss or the gradient norm is no longer finite (reaches the user as TrainingError)."""
+
+
 # ----------------------------------------------------------------------------------------------- driver
 
 
@@ -112,6 +116,13 @@ def deepspeed_config(cfg: FinetuneConfig, *, bf16: bool | None = None) -> dict[s
             elif bool(have) != want:
                 device = "this device supports bf16" if bf16 else "this run trains in fp32 (CPU or no bf16 support)"
                 problems.append(f"deepspeed.config_path: {path}: {key}.enabled={have}, but {device}; set it to \"auto\"")
+    if bf16 and "check_grad_overflow" not in ds["bf16"]:
+        # DeepSpeed's bf16 overflow check scans every gradient tensor one by one (~8 small kernels each, 448
+        # tensors for an 8B LoRA: 13% of its step on an H200, benchmarks/results/README.md). bf16 needs no loss
+        # scaling, so the scan only ever skips steps whose gradients are no longer finite; forgekit stops such a
+        # run instead (the worker's reporter), as plain PyTorch training would never skip them silently either.
+        # A config that sets check_grad_overflow keeps its choice.
+        ds["bf16"]["check_grad_overflow"] = False
     if problems:
         raise ConfigError(problems)
     return ds
@@ -618,10 +629,19 @@ def _train_worker(wc: dict[str, Any]) -> None:
     reporter = _reporter_class()(run_dir, rank, world, max_steps, eval_every, model, cfg, packed, trainable, total, on_gpu,
                                  "bf16" if bf16 else "bf16-autocast" if cpu_autocast else "fp32")
     reporter.levers = levers
+    reporter.stop_on_nonfinite = not (ds or {}).get("bf16", {}).get("check_grad_overflow", False)
     metrics_fns = {}
     if cfg.task == "classification":
         label_ids = tokenizer.convert_tokens_to_ids(cfg.classifier_config.label_tokens)
         metrics_fns = _classification_fns(label_ids, cfg.classifier_config.eval_metrics)
+    callbacks = [reporter]
+    if cfg.profile_steps and rank == 0:
+        from forgekit.profiling import step_profiler
+
+        if cfg.profile_steps[0] > max_steps:
+            print(f"forgekit: profile_steps {list(cfg.profile_steps)} start after the last step ({max_steps}): "
+                  "nothing is profiled", flush=True)
+        callbacks.append(step_profiler(run_dir, *cfg.profile_steps, on_gpu=on_gpu))
     trainer_class = _CpuAutocastTrainer() if cpu_autocast else Trainer
     trainer = trainer_class(
         model=model,
@@ -630,7 +650,7 @@ def _train_worker(wc: dict[str, Any]) -> None:
         eval_dataset=valid_ds.remove_columns(["length"]) if valid_ds is not None else None,
         data_collator=data_collator,
         processing_class=tokenizer,
-        callbacks=[reporter],
+        callbacks=callbacks,
         **metrics_fns,
     )
     from transformers.trainer_callback import PrinterCallback
@@ -877,6 +897,7 @@ def _reporter_class() -> type:
             self.cfg, self.packed, self.trainable, self.total, self.on_gpu, self.precision = cfg, packed, trainable, total, on_gpu, precision
             self.last_time, self.last_tokens, self.train_time, self.session_tokens = None, 0, 0.0, 0
             self.flops_per_token = None
+            self.stop_on_nonfinite = True  # off where DeepSpeed's overflow check skips such steps itself
             if on_gpu:
                 import torch
 
@@ -941,6 +962,14 @@ def _reporter_class() -> type:
                     "tokens_per_second": round(tps, 2),
                     "time": time.time(),
                 }
+                profiled = self.cfg.profile_steps
+                if profiled and profiled[0] <= state.global_step <= profiled[1]:
+                    row["profiled"] = True  # the profiler slowed this step (forgekit.profiling)
+                if self.stop_on_nonfinite and not all(math.isfinite(logs.get(k, 0.0) or 0.0) for k in ("loss", "grad_norm")):
+                    raise TrainingDiverged(
+                        f"training diverged at step {state.global_step}: loss {logs['loss']}, gradient norm "
+                        f"{logs.get('grad_norm')}; the weights are no longer finite. Lower learning_rate (or "
+                        f"max_grad_norm), or look for broken examples; {CHECKPOINTS}/ holds the checkpoints before it.")
                 if self.on_gpu:
                     import torch
 

@@ -348,6 +348,12 @@ def test_contenders_and_seqlen_read_the_committed_results():
         assert r["tokens_per_s"] == src["tokens_per_s"]
         assert r["min_tokens_per_s"] <= r["tokens_per_s"] <= r["max_tokens_per_s"]
     assert rows[0]["speedup"] == 1.0
+    # a later measurement of the same work joins the table, its speedup against the same first row
+    later = RESULTS / "llama8b-h200-lora-8k-no-overflow-scan.json"
+    both = contenders(RESULTS / "llama8b-h200.json", more={"later": later})
+    new = json.loads(later.read_text())["rows"][0]
+    assert both[-1]["contender"] == f"{new['contender']} (later)" and both[-1]["tokens_per_s"] == new["tokens_per_s"]
+    assert both[-1]["speedup"] == pytest.approx(new["tokens_per_s"] / both[0]["tokens_per_s"])
     seq = seqlen_results(RESULTS / "seqlen-llama8b-h100.json")
     assert [r["seq_len"] for r in seq] == [r["seq_len"] for r in json.loads((RESULTS / "seqlen-llama8b-h100.json").read_text())["seqlen"]]
 

@@ -157,7 +157,7 @@ def test_finetune_through_ray_and_deepspeed(tmp_path, gpu_tiny_model, zero, lora
 
     over = {"deepspeed": {"config_path": str(REPO / "deepspeed_configs" / f"zero_{zero}.json")},
             "packing": True, "max_steps": 8, "train_batch_size_per_device": 2, "gradient_accumulation_steps": 1,
-            "run_name": f"zero{zero}"}
+            "run_name": f"zero{zero}", "profile_steps": [3, 5]}
     if not lora:
         over |= {"lora_config": None, "learning_rate": 1e-3}
     result = finetune(_config(tmp_path, gpu_tiny_model, **over), progress=False)
@@ -171,6 +171,10 @@ def test_finetune_through_ray_and_deepspeed(tmp_path, gpu_tiny_model, zero, lora
     if peak_tflops(torch.cuda.get_device_name()):
         assert all(0 < r["mfu"] < 1 for r in train) and 0 < result["mfu"] < 1
     assert train[-1]["loss"] < train[0]["loss"]
+    # profile_steps on a GPU: the device timeline gives the share of the steps the GPU waited for the host
+    summary = json.loads((Path(result["run_dir"]) / "profile" / "summary.json").read_text())
+    assert summary["steps"] == [3, 5] and 0 < summary["gpu_busy_seconds"] <= summary["wall_seconds"]
+    assert 0 <= summary["gpu_idle_fraction"] < 1
     ckpt = list_checkpoints(result["run_dir"])[-1]
     weights = "adapter_model.safetensors" if lora else "model.safetensors"
     assert (ckpt / weights).exists(), sorted(p.name for p in ckpt.iterdir())

@@ -6,6 +6,7 @@ whole module (starting one costs ~10 s); the resume test runs the CLI in its own
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -92,9 +93,34 @@ def runs(ray_cluster, tiny_model_dir, data, tmp_path_factory) -> dict[tuple[str,
                      deepspeed={"config_path": str(REPO / "deepspeed_configs" / f"{stage}.json")},
                      **({"lora_config": LORA} if lora else {"learning_rate": 3e-3}),
                      # the ZeRO-3 full run saves weights only (an 8B full fine-tune's disk-saving option)
-                     save_optimizer_state=(stage, lora) != ("zero_3", False))
+                     save_optimizer_state=(stage, lora) != ("zero_3", False),
+                     # one run of the matrix records steps 2-3 with the PyTorch profiler (forgekit.profiling)
+                     # (not the ZeRO-2 LoRA run: other tests rerun its config as their reference)
+                     **({"profile_steps": [2, 3]} if (stage, lora) == ("zero_3", True) else {}))
         out[(stage, lora)] = finetune(load_config(cfg), progress=False)
     return out
+
+
+def test_profile_steps_writes_a_profile_of_those_steps(runs):
+    run_dir = Path(runs[("zero_3", True)]["run_dir"])
+    summary = json.loads((run_dir / "profile" / "summary.json").read_text())
+    assert summary["steps"] == [2, 3]
+    assert 0 < summary["wall_seconds"] and summary["seconds_per_step"] == pytest.approx(summary["wall_seconds"] / 2, rel=1e-3)
+    assert "gpu_idle_fraction" not in summary  # CPU workers: no device timeline
+    ops = (run_dir / "profile" / "ops.txt").read_text()
+    assert "aten::mm" in ops or "aten::addmm" in ops  # the matrix products of the profiled steps
+    with gzip.open(run_dir / "profile" / "trace.json.gz", "rt") as f:
+        assert json.load(f)["traceEvents"]
+    assert [r["step"] for r in read_metrics(run_dir, "train") if r.get("profiled")] == [2, 3]
+    # the other runs of the matrix were not profiled
+    assert not (Path(runs[("zero_2", True)]["run_dir"]) / "profile").exists()
+
+
+def test_busy_time_is_the_union_of_intervals():
+    from forgekit.profiling import busy_time_us
+
+    assert busy_time_us([]) == 0
+    assert busy_time_us([(0, 10), (5, 15), (20, 30), (21, 22)]) == 25  # overlaps counted once, gaps not at all
 
 
 @pytest.mark.parametrize("stage,lora", MATRIX, ids=[f"{s}-{'lora' if l else 'full'}" for s, l in MATRIX])
@@ -324,6 +350,36 @@ def test_a_worker_lost_after_a_checkpoint_is_restarted_by_ray_and_resumes(runs, 
         assert got[step] == pytest.approx(want[step], abs=1e-5), (step, got, want)
     result = json.loads((run_dir / "result.json").read_text())
     assert result["final_eval_loss"] == pytest.approx(reference["final_eval_loss"], abs=1e-5)
+
+
+def test_a_diverging_run_stops_with_the_step_and_what_to_change(ray_cluster, tiny_model_dir, data, tmp_path, monkeypatch):
+    """lr 1e30 sends LoRA weights to ~1e30 after one Adam step: the next step's activations overflow fp32."""
+    from forgekit.config import load_config
+    from forgekit.train import TrainingError, finetune
+
+    monkeypatch.setenv("FORGEKIT_MAX_FAILURES", "0")  # Ray would otherwise retry once from the last checkpoint
+    cfg = config(tiny_model_dir, data, tmp_path / "runs", num_devices=1, lora_config=LORA, learning_rate=1e30,
+                 max_steps=4, deepspeed=None, checkpoint_and_evaluation_frequency={"unit": "steps", "frequency": 4})
+    with pytest.raises(TrainingError, match=r"training diverged at step [23]: .*Lower learning_rate") as info:
+        finetune(load_config(cfg), progress=False)
+    assert "nan" in str(info.value) or "inf" in str(info.value)
+    steps = [r["step"] for r in read_metrics(tmp_path / "runs" / os.listdir(tmp_path / "runs")[0], "train")]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) < 4  # stopped at the first non-finite step
+
+
+def test_deepspeed_bf16_overflow_scan_is_off_unless_the_json_sets_it(tmp_path):
+    from forgekit.config import load_config
+    from forgekit.train import deepspeed_config
+
+    cfg = load_config({"model_id": "m", "train_path": "t", "train_batch_size_per_device": 2,
+                       "gradient_accumulation_steps": 1, "deepspeed": {"config_path": str(REPO / "deepspeed_configs/zero_2.json")}})
+    assert deepspeed_config(cfg, bf16=True)["bf16"] == {"enabled": True, "check_grad_overflow": False}
+    assert "check_grad_overflow" not in deepspeed_config(cfg, bf16=False)["bf16"]  # fp32: DeepSpeed never checks
+    own = json.loads((REPO / "deepspeed_configs/zero_2.json").read_text())
+    own["bf16"]["check_grad_overflow"] = True
+    (tmp_path / "ds.json").write_text(json.dumps(own))
+    cfg = load_config({**cfg.model_dump(exclude_unset=True), "deepspeed": {"config_path": str(tmp_path / "ds.json")}})
+    assert deepspeed_config(cfg, bf16=True)["bf16"]["check_grad_overflow"] is True
 
 
 def test_classification_accuracy_is_reported(ray_cluster, tiny_model_dir, data, tmp_path):
