@@ -1,4 +1,4 @@
-"""The `forgekit` command: validate, preview-data, finetune, models, and the tool-calling commands.
+"""The `forgekit` command: validate, preview-data, finetune, merge, models, and the tool-calling commands.
 
 Every subcommand that takes a config also takes dotted overrides after it (`learning_rate=2e-4
 lora_config.r=16`). Config and data problems print one report and exit with code 2, never a traceback
@@ -15,10 +15,12 @@ import sys
 
 from forgekit.config import ConfigError, format_config, load_config
 from forgekit.data import DataError
+from forgekit.export import ExportError
 from forgekit.formats import FormatError
+from forgekit.generate import GenerationError
 from forgekit.models import ModelError
 
-USER_ERRORS = (ConfigError, DataError, FormatError, ModelError)
+USER_ERRORS = (ConfigError, DataError, FormatError, ModelError, ExportError, GenerationError)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -92,6 +94,16 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from forgekit.export import merge_checkpoint
+
+    info = merge_checkpoint(args.checkpoint, args.out_dir, dtype=args.dtype, verify=not args.no_verify,
+                            overwrite=args.overwrite)
+    print(json.dumps(info, indent=1))
+    print(f"wrote {args.out_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forgekit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,6 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else local)")
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("merge", help="merge a LoRA checkpoint into its base model (or re-save full weights) for serving")
+    p.add_argument("checkpoint", help="a checkpoint directory, e.g. runs/<run>/checkpoints/step-000100")
+    p.add_argument("out_dir", help="where the merged model directory goes")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
+                   help="weights dtype (auto: the base model's)")
+    p.add_argument("--no-verify", action="store_true", help="skip comparing merged and adapter logits")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("models", help="embedded models")
     p.add_argument("action", choices=["fetch", "list"])

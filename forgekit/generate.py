@@ -23,6 +23,7 @@ __all__ = [
     "default_dtype",
     "eos_token_ids",
     "generate",
+    "load_adapter",
     "load_base_for_config",
     "load_for_generation",
     "render_prompt",
@@ -88,22 +89,9 @@ def load_for_generation(path: str | Path, *, dtype: Any = None, device: str | No
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or default_dtype(device)
     local = Path(str(path))
-    adapter_cfg = local / "adapter_config.json"
-    if adapter_cfg.is_file():
-        from peft import PeftModel
-
-        base_id = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
-        if not base_id:
-            raise GenerationError(f"{adapter_cfg}: no base_model_name_or_path; cannot tell which model to load")
-        base = resolve_model_path(base_id)
-        tok = AutoTokenizer.from_pretrained(str(local) if _has_tokenizer(local) else base)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
-        except OSError as e:
-            raise GenerationError(f"{adapter_cfg}: cannot load the base model {base_id!r}: {e}") from None
-        if len(tok) > model.get_input_embeddings().num_embeddings:  # tokens added in training (e.g. labels)
-            model.resize_token_embeddings(len(tok))
-        model = PeftModel.from_pretrained(model, str(local)).merge_and_unload()
+    if (local / "adapter_config.json").is_file():
+        model, tok, _ = load_adapter(local, dtype=dtype)
+        model = model.merge_and_unload()
     else:
         source = resolve_model_path(str(path))
         tok = AutoTokenizer.from_pretrained(source)
@@ -113,6 +101,37 @@ def load_for_generation(path: str | Path, *, dtype: Any = None, device: str | No
         tok.pad_token = tok.eos_token
     model.to(device).eval()
     return model, tok
+
+
+def load_adapter(path: str | Path, *, dtype: Any) -> tuple[Any, Any, str]:
+    """A LoRA adapter dir on its base model, not merged: `(peft model, tokenizer, base model id)`.
+
+    The base is `base_model_name_or_path` of `adapter_config.json` (resolved with
+    `forgekit.models.resolve_model_path`); the tokenizer is the adapter dir's when it has one (forgekit saves it
+    with the training chat template and any tokens added in training, for which the embeddings are resized).
+
+    Raises:
+        GenerationError: no base model named, or it cannot be loaded.
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from forgekit.models import resolve_model_path
+
+    local = Path(str(path))
+    adapter_cfg = local / "adapter_config.json"
+    base_id = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
+    if not base_id:
+        raise GenerationError(f"{adapter_cfg}: no base_model_name_or_path; cannot tell which model to load")
+    base = resolve_model_path(base_id)
+    tok = AutoTokenizer.from_pretrained(str(local) if _has_tokenizer(local) else base)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    except OSError as e:
+        raise GenerationError(f"{adapter_cfg}: cannot load the base model {base_id!r}: {e}") from None
+    if len(tok) > model.get_input_embeddings().num_embeddings:  # tokens added in training (e.g. labels)
+        model.resize_token_embeddings(len(tok))
+    return PeftModel.from_pretrained(model, str(local)), tok, base_id
 
 
 def load_base_for_config(

@@ -965,11 +965,6 @@ def _reporter_class() -> type:
                 profiled = self.cfg.profile_steps
                 if profiled and profiled[0] <= state.global_step <= profiled[1]:
                     row["profiled"] = True  # the profiler slowed this step (forgekit.profiling)
-                if self.stop_on_nonfinite and not all(math.isfinite(logs.get(k, 0.0) or 0.0) for k in ("loss", "grad_norm")):
-                    raise TrainingDiverged(
-                        f"training diverged at step {state.global_step}: loss {logs['loss']}, gradient norm "
-                        f"{logs.get('grad_norm')}; the weights are no longer finite. Lower learning_rate (or "
-                        f"max_grad_norm), or look for broken examples; {CHECKPOINTS}/ holds the checkpoints before it.")
                 if self.on_gpu:
                     import torch
 
@@ -978,6 +973,11 @@ def _reporter_class() -> type:
                         row["mfu"] = self.mfu(tps)
                 self._write(row)
                 self.last_time, self.last_tokens = now, tokens
+                if self.stop_on_nonfinite and not all(math.isfinite(logs.get(k, 0.0) or 0.0) for k in ("loss", "grad_norm")):
+                    raise TrainingDiverged(
+                        f"training diverged at step {state.global_step}: loss {logs['loss']}, gradient norm "
+                        f"{logs.get('grad_norm')}; the weights are no longer finite. Lower learning_rate (or "
+                        f"max_grad_norm), or look for broken examples; {CHECKPOINTS}/ holds the checkpoints before it.")
             elif "eval_loss" in logs:
                 row = {
                     "kind": "eval",

@@ -47,5 +47,11 @@ def test_lora_and_full_with_tiny_model(tiny_model_dir, tmp_path):
     for row, result in ((lora, lora_r), (full, full_r)):
         assert 0.1 < row["peak_worker_rss_gb"] < 64
         assert row["train_seconds"] == result["train_seconds"] > 0
+    # the LoRA run merged into its base: plain weights as large as the full run's, computing the adapter's logits
+    export = json.loads((root / "lora-merged" / "forgekit_export.json").read_text())
+    assert export["kind"] == "merged_lora" and export["source"] == lora_r["best_checkpoint"]
+    assert export["max_abs_logit_diff"] < 1e-3 * max(1.0, export["max_abs_logit"])
+    merged_bytes = sum(p.stat().st_size for p in (root / "lora-merged").glob("*.safetensors"))
+    assert abs(merged_bytes / (full["weights_mb"] * 1e6) - 1) < 0.02
     for name in ("loss_curves.png", "costs.png"):
         assert (root / "plots" / name).stat().st_size > 10_000

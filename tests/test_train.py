@@ -177,7 +177,7 @@ def _eval_loss(model, tokenizer, data) -> float:
 
 
 @pytest.mark.parametrize("stage", ["zero_2", "zero_3"])
-def test_saved_adapter_loads_in_plain_peft(runs, data, tiny_model_dir, stage):
+def test_saved_adapter_loads_in_plain_peft(runs, data, tiny_model_dir, stage, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -190,6 +190,12 @@ def test_saved_adapter_loads_in_plain_peft(runs, data, tiny_model_dir, stage):
     loss = _eval_loss(model, tok, data)
     assert loss < base_loss - 0.1
     assert loss == pytest.approx(result["best_eval_loss"], rel=2e-3)
+    if stage == "zero_2":  # `forgekit merge` of the run's checkpoint: plain transformers, the same loss
+        from forgekit.export import merge_checkpoint
+
+        merge_checkpoint(best, tmp_path / "merged", dtype="float32")
+        merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+        assert _eval_loss(merged, AutoTokenizer.from_pretrained(tmp_path / "merged"), data) == pytest.approx(loss, abs=1e-5)
 
 
 @pytest.mark.parametrize("stage", ["zero_2", "zero_3"])
@@ -363,8 +369,9 @@ def test_a_diverging_run_stops_with_the_step_and_what_to_change(ray_cluster, tin
     with pytest.raises(TrainingError, match=r"training diverged at step [23]: .*Lower learning_rate") as info:
         finetune(load_config(cfg), progress=False)
     assert "nan" in str(info.value) or "inf" in str(info.value)
-    steps = [r["step"] for r in read_metrics(tmp_path / "runs" / os.listdir(tmp_path / "runs")[0], "train")]
-    assert steps == list(range(1, len(steps) + 1)) and len(steps) < 4  # stopped at the first non-finite step
+    rows = read_metrics(tmp_path / "runs" / os.listdir(tmp_path / "runs")[0], "train")
+    assert [r["step"] for r in rows] == list(range(1, len(rows) + 1)) and len(rows) < 4  # stopped at the first
+    assert not math.isfinite(rows[-1]["grad_norm"]) and all(math.isfinite(r["grad_norm"]) for r in rows[:-1])
 
 
 def test_deepspeed_bf16_overflow_scan_is_off_unless_the_json_sets_it(tmp_path):
