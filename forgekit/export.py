@@ -13,7 +13,8 @@ The output holds safetensors weights, `config.json`, `generation_config.json` an
 with the chat template the run trained with (vLLM, TGI, `transformers` and `forgekit generate` load it as
 is), plus `forgekit_export.json` saying where it came from. It is written to a temporary sibling directory
 and renamed into place: never visible half-written; an existing, non-empty `OUT_DIR` is an error unless
-`overwrite`.
+`overwrite`, which replaces only an earlier export (a directory with `forgekit_export.json`), never the
+checkpoint, a directory holding it, or the working directory.
 """
 
 from __future__ import annotations
@@ -80,10 +81,17 @@ def merge_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, dtype: str 
         raise ExportError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
     if not (src / "config.json").is_file() and not (src / "adapter_config.json").is_file():
         raise ExportError(f"{src}: not a checkpoint directory (no adapter_config.json or config.json)")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ExportError(f"{out}: exists and is not empty; choose another directory or pass --overwrite")
-    if out.resolve() == src.resolve():
-        raise ExportError(f"{out}: is the checkpoint itself; write the export elsewhere")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out}: exists and is not a directory")
+    here, target, source = Path.cwd().resolve(), out.resolve(), src.resolve()
+    if target == source or target in source.parents or target == here or target in here.parents:
+        raise ExportError(f"{out}: is the checkpoint, holds it, or holds the working directory; write the export elsewhere")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ExportError(f"{out}: exists and is not empty; choose another directory or pass --overwrite")
+        if not (out / "forgekit_export.json").is_file():
+            raise ExportError(f"{out}: --overwrite replaces only an earlier export (it has no forgekit_export.json); "
+                              "remove it yourself if it is meant to go")
 
     info: dict[str, Any] = {"source": str(src)}
     if (src / "adapter_config.json").is_file():
@@ -110,13 +118,22 @@ def merge_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, dtype: str 
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    (tmp / "forgekit_export.json").write_text(json.dumps(info, indent=1) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "forgekit_export.json").write_text(json.dumps(info, indent=1) + "\n")
+        if out.exists():  # the earlier export moves aside whole and goes only once the new one is in place
+            os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            if old.exists() and not out.exists():
+                os.replace(old, out)
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
     return info
 
 

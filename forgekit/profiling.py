@@ -10,22 +10,27 @@ steps) and write `<run dir>/profile/`:
 * `ops.txt`: the operators that took the most device time (CPU time on a CPU worker);
 * `trace.json.gz`: the Chrome / Perfetto trace (open it at https://ui.perfetto.dev).
 
-The window runs from the start of step `first` to the start of step `last + 1` (the end of the run if that is
-the last step), so each profiled step includes its logging and the fetch of the next batch, and an evaluation
-or checkpoint due inside the window is in it too (pick steps between them). Profiling slows the host side of the
-profiled steps; their metrics lines say so (`profiled: true`).
+The window runs from the start of step `first` to the start of step `last + 1`, so each profiled step includes
+its logging and the fetch of the next batch; it ends with step `last` instead when an evaluation or checkpoint
+follows it (or the run ends there), which stays outside. An evaluation or checkpoint due at an earlier step of
+the window is in it (pick steps between them). A resumed run past `first` records the rest of the window.
+Profiling slows the host side of the profiled steps; their metrics lines say so (`profiled: true`). A profiler
+that fails to start or to write costs the profile (a warning), never the run.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 __all__ = ["busy_time_us", "step_profiler"]
+
+log = logging.getLogger("forgekit")
 
 
 def busy_time_us(intervals: list[tuple[float, float]]) -> float:
@@ -60,37 +65,58 @@ def step_profiler(run_dir: Path, first: int, last: int, on_gpu: bool) -> Any:
             self.prof: Any = None
             self.t0 = 0.0
             self.done = False
-
-        def active(self, step: int) -> bool:
-            """True while `step` (1-based) is being profiled."""
-            return self.prof is not None and not self.done and first <= step <= last
+            self.steps: list[int] = []  # the steps recorded (a resumed run may start inside the window)
 
         def on_step_begin(self, args, state, control, **kwargs):
             step = state.global_step + 1  # the step about to run
-            if self.prof is None and step == first:
-                activities = [torch.profiler.ProfilerActivity.CPU]
-                if on_gpu:
-                    activities.append(torch.profiler.ProfilerActivity.CUDA)
-                    torch.cuda.synchronize()
-                self.prof = torch.profiler.profile(activities=activities)
-                self.prof.__enter__()
+            if self.done:
+                return
+            if self.prof is None and first <= step <= last:
+                try:
+                    activities = [torch.profiler.ProfilerActivity.CPU]
+                    if on_gpu:
+                        activities.append(torch.profiler.ProfilerActivity.CUDA)
+                        torch.cuda.synchronize()
+                    self.prof = torch.profiler.profile(activities=activities)
+                    self.prof.__enter__()
+                except Exception as e:  # noqa: BLE001 - profiling is a diagnostic; the run goes on without it
+                    log.warning("forgekit: profile_steps: the profiler did not start (%s); no profile", e)
+                    self.prof, self.done = None, True
+                    return
                 self.t0 = time.perf_counter()
-            elif self.prof is not None and not self.done and step > last:
-                self._stop(state.global_step - first + 1)
+            elif self.prof is not None and step > last:
+                self._stop()
+                return
+            if self.prof is not None:
+                self.steps.append(step)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            # an evaluation or checkpoint due after the last profiled step (or the run's end) stays outside
+            if self.prof is not None and not self.done and state.global_step >= last and (
+                    control.should_evaluate or control.should_save or state.global_step >= state.max_steps):
+                self._stop()
 
         def on_train_end(self, args, state, control, **kwargs):
             if self.prof is not None and not self.done:
-                self._stop(state.global_step - first + 1)
+                self._stop()
 
-        def _stop(self, steps: int) -> None:
+        def _stop(self) -> None:
+            self.done = True
+            try:
+                self._write()
+            except Exception as e:  # noqa: BLE001 - as above: a failed export costs the profile, not the run
+                log.warning("forgekit: profile_steps: writing the profile failed (%s)", e)
+                (run_dir / "profile" / "trace.json").unlink(missing_ok=True)
+
+        def _write(self) -> None:
             if on_gpu:
                 torch.cuda.synchronize()
             wall = time.perf_counter() - self.t0
             self.prof.__exit__(None, None, None)
-            self.done = True
+            steps = len(self.steps)
             out = run_dir / "profile"
             out.mkdir(parents=True, exist_ok=True)
-            summary: dict[str, Any] = {"steps": [first, first + steps - 1], "wall_seconds": round(wall, 4),
+            summary: dict[str, Any] = {"steps": [self.steps[0], self.steps[-1]], "wall_seconds": round(wall, 4),
                                        "seconds_per_step": round(wall / max(steps, 1), 4)}
             sort = "self_cpu_time_total"
             if on_gpu:

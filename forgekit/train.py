@@ -116,12 +116,12 @@ def deepspeed_config(cfg: FinetuneConfig, *, bf16: bool | None = None) -> dict[s
             elif bool(have) != want:
                 device = "this device supports bf16" if bf16 else "this run trains in fp32 (CPU or no bf16 support)"
                 problems.append(f"deepspeed.config_path: {path}: {key}.enabled={have}, but {device}; set it to \"auto\"")
-    if bf16 and "check_grad_overflow" not in ds["bf16"]:
-        # DeepSpeed's bf16 overflow check scans every gradient tensor one by one (~8 small kernels each, 448
+    if bf16 and "check_grad_overflow" not in ds["bf16"] and ds.get("zero_optimization", {}).get("stage", 0) in (1, 2):
+        # ZeRO-1/2's bf16 overflow check scans every gradient tensor one by one (~8 small kernels each, 448
         # tensors for an 8B LoRA: 13% of its step on an H200, benchmarks/results/README.md). bf16 needs no loss
         # scaling, so the scan only ever skips steps whose gradients are no longer finite; forgekit stops such a
         # run instead (the worker's reporter), as plain PyTorch training would never skip them silently either.
-        # A config that sets check_grad_overflow keeps its choice.
+        # A config that sets check_grad_overflow keeps its choice; ZeRO-3 ignores the key (it always skips).
         ds["bf16"]["check_grad_overflow"] = False
     if problems:
         raise ConfigError(problems)
@@ -629,7 +629,10 @@ def _train_worker(wc: dict[str, Any]) -> None:
     reporter = _reporter_class()(run_dir, rank, world, max_steps, eval_every, model, cfg, packed, trainable, total, on_gpu,
                                  "bf16" if bf16 else "bf16-autocast" if cpu_autocast else "fp32")
     reporter.levers = levers
-    reporter.stop_on_nonfinite = not (ds or {}).get("bf16", {}).get("check_grad_overflow", False)
+    # a non-finite gradient norm stops the run where nothing else would: no DeepSpeed, or ZeRO-1/2 with their bf16
+    # overflow check off (forgekit's default); ZeRO-3 and ZeRO-0's bf16 optimizer skip such steps themselves
+    reporter.stop_on_nonfinite = not ds or (not ds.get("bf16", {}).get("check_grad_overflow", False)
+                                            and ds.get("zero_optimization", {}).get("stage", 0) in (1, 2))
     metrics_fns = {}
     if cfg.task == "classification":
         label_ids = tokenizer.convert_tokens_to_ids(cfg.classifier_config.label_tokens)
@@ -642,6 +645,7 @@ def _train_worker(wc: dict[str, Any]) -> None:
             print(f"forgekit: profile_steps {list(cfg.profile_steps)} start after the last step ({max_steps}): "
                   "nothing is profiled", flush=True)
         callbacks.append(step_profiler(run_dir, *cfg.profile_steps, on_gpu=on_gpu))
+        reporter.profiler = callbacks[-1]
     trainer_class = _CpuAutocastTrainer() if cpu_autocast else Trainer
     trainer = trainer_class(
         model=model,
@@ -898,6 +902,7 @@ def _reporter_class() -> type:
             self.last_time, self.last_tokens, self.train_time, self.session_tokens = None, 0, 0.0, 0
             self.flops_per_token = None
             self.stop_on_nonfinite = True  # off where DeepSpeed's overflow check skips such steps itself
+            self.profiler = None  # forgekit.profiling's callback on rank 0 with profile_steps
             if on_gpu:
                 import torch
 
@@ -962,8 +967,7 @@ def _reporter_class() -> type:
                     "tokens_per_second": round(tps, 2),
                     "time": time.time(),
                 }
-                profiled = self.cfg.profile_steps
-                if profiled and profiled[0] <= state.global_step <= profiled[1]:
+                if self.profiler is not None and state.global_step in self.profiler.steps:
                     row["profiled"] = True  # the profiler slowed this step (forgekit.profiling)
                 if self.on_gpu:
                     import torch

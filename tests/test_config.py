@@ -119,7 +119,7 @@ def test_several_cross_field_problems_are_all_reported():
         ({"learning_rate": "fast"}, "learning_rate: Input should be a valid number"),
         ({"profile_steps": [3, 2]}, "profile_steps: expected [first, last] with 1 <= first <= last, got [3, 2]"),
         ({"profile_steps": [0, 2]}, "profile_steps: expected [first, last]"),
-        ({"profile_steps": [2]}, "profile_steps"),
+        ({"profile_steps": [2]}, "profile_steps.1: required but missing"),
     ],
 )
 def test_other_checks(extra, fragment):

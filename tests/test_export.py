@@ -85,8 +85,13 @@ def test_bad_requests_are_refused_and_lose_nothing(adapter, tmp_path, monkeypatc
         merge_checkpoint(path, tmp_path / "x", dtype="int8")
     with pytest.raises(ExportError, match="not a checkpoint directory"):
         merge_checkpoint(tmp_path / "nowhere", tmp_path / "x")
-    with pytest.raises(ExportError, match="is the checkpoint itself"):
-        merge_checkpoint(path, path, overwrite=True)
+    for bad in (path, path.parent, tmp_path.parent):  # never the checkpoint or a directory holding it
+        with pytest.raises(ExportError, match="is the checkpoint, holds it, or holds the working directory"):
+            merge_checkpoint(path, bad, overwrite=True)
+    assert (path / "adapter_model.safetensors").is_file()
+    with pytest.raises(ExportError, match="replaces only an earlier export"):  # a directory of the user's own
+        merge_checkpoint(path, taken, overwrite=True)
+    assert [p.name for p in taken.iterdir()] == ["keep.txt"]
     # merged logits that do not match the adapter's: an error, and nothing written
     real = export._probe_logits
     calls = []
@@ -109,4 +114,9 @@ def test_cli_merge(adapter, tmp_path, capsys):
     assert f"wrote {tmp_path / 'm'}" in capsys.readouterr().out
     assert main(["merge", str(path), str(tmp_path / "m")]) == 2  # exists: refused, exit code 2, no traceback
     assert "exists and is not empty" in capsys.readouterr().err
-    assert main(["merge", str(path), str(tmp_path / "m"), "--overwrite", "--no-verify"]) == 0
+    before = (tmp_path / "m" / "forgekit_export.json").stat().st_mtime_ns
+    assert main(["merge", str(path), str(tmp_path / "m"), "--overwrite", "--no-verify", "--dtype", "bfloat16"]) == 0
+    replaced = json.loads((tmp_path / "m" / "forgekit_export.json").read_text())
+    assert replaced["dtype"] == "bfloat16" and "max_abs_logit_diff" not in replaced
+    assert (tmp_path / "m" / "forgekit_export.json").stat().st_mtime_ns > before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # nothing left aside

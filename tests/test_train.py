@@ -382,6 +382,8 @@ def test_deepspeed_bf16_overflow_scan_is_off_unless_the_json_sets_it(tmp_path):
                        "gradient_accumulation_steps": 1, "deepspeed": {"config_path": str(REPO / "deepspeed_configs/zero_2.json")}})
     assert deepspeed_config(cfg, bf16=True)["bf16"] == {"enabled": True, "check_grad_overflow": False}
     assert "check_grad_overflow" not in deepspeed_config(cfg, bf16=False)["bf16"]  # fp32: DeepSpeed never checks
+    zero3 = load_config({**cfg.model_dump(exclude_unset=True), "deepspeed": {"config_path": str(REPO / "deepspeed_configs/zero_3.json")}})
+    assert "check_grad_overflow" not in deepspeed_config(zero3, bf16=True)["bf16"]  # ZeRO-3 ignores the key
     own = json.loads((REPO / "deepspeed_configs/zero_2.json").read_text())
     own["bf16"]["check_grad_overflow"] = True
     (tmp_path / "ds.json").write_text(json.dumps(own))
