@@ -64,14 +64,16 @@ def forgekit_config(spec: dict, opts: dict, out_dir: Path) -> dict:
     rows = int(opts.get("rows", 2))  # 2 x 2048 per micro-batch fits an H100 (80 GB); 4 was faster on an H200
     packing = opts.get("packing", "1") == "1"
     per_row = spec["max_length"] if packing else spec["data_stats"]["mean"]
-    accum = max(1, round(spec["tokens_per_step"] / (rows * per_row)))
+    workers = int(opts.get("workers", 1))
+    # tokens per optimizer step summed over the workers, as the single-process contenders do them
+    accum = max(1, round(spec["tokens_per_step"] / (rows * per_row * workers)))
     cfg: dict[str, Any] = {
         "model_id": spec["model_dir"],
         "train_path": spec["data"],
         "task": "instruction_tuning",
         "context_length": spec["max_length"],
         "packing": packing,
-        "num_devices": int(opts.get("workers", 1)),
+        "num_devices": workers,
         "use_gpu": cuda,
         "train_batch_size_per_device": rows,
         "gradient_accumulation_steps": accum,

@@ -114,8 +114,9 @@ def prepare(args: argparse.Namespace, work: Path) -> dict:
         model_dir = work / f"{args.model}-random-seed{args.seed}"
         config = model_config(args.model)
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    rows = make_examples(tok, args.examples, seed=args.seed, cap=args.max_length)
-    data = write_jsonl(rows, work / f"chat-{args.examples}-seed{args.seed}.jsonl")
+    rows = make_examples(tok, args.examples, seed=args.seed, cap=args.max_length, median=args.median, p95=args.p95)
+    data = write_jsonl(rows, work / f"chat-{args.examples}-seed{args.seed}-m{args.median:g}-p{args.p95:g}-"
+                                    f"cap{args.max_length}.jsonl")
     stats = length_stats([len(r["input_ids"]) for r in tokenize(tok, rows, args.max_length)])
     spec = {
         "model_name": args.model,
@@ -283,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens-per-step", type=int, default=8192)
     p.add_argument("--max-length", type=int, default=2048)
     p.add_argument("--examples", type=int, default=320)
+    p.add_argument("--median", type=float, default=300, help="median example length in tokens (log-normal)")
+    p.add_argument("--p95", type=float, default=1400,
+                   help="95th percentile of example lengths; = --median (and --max-length) for one fixed length")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer", default=str(HERE.parent / ".bench" / "tokenizer"),

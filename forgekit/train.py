@@ -48,8 +48,15 @@ class TrainingError(RuntimeError):
     """Training failed inside a worker; the message carries the worker's error."""
 
 
-class TrainingDiverged(RuntimeError):
-    """Raised in a worker when the loss or the gradient norm is no longer finite (reaches the user as TrainingError)."""
+class TrainingDiverged(TrainingError):
+    """The loss or the gradient norm was no longer finite: the workers stopped at that step, without a retry.
+
+    The workers stop together (the logged loss and gradient norm are the same on every rank) and leave the message
+    in `<run dir>/diverged.txt`; the driver raises this. A retry would only diverge again from the last checkpoint.
+    """
+
+
+DIVERGED = "diverged.txt"
 
 
 # ----------------------------------------------------------------------------------------------- driver
@@ -317,6 +324,7 @@ def finetune(
     Raises:
         ConfigError, DataError: the config or data is invalid (nothing was trained).
         TrainingError: a worker failed (its error message is included).
+        TrainingDiverged: the loss or gradient norm stopped being finite (the run stopped there, not retried).
     """
     if isinstance(config, FinetuneConfig):
         cfg = apply_overrides(config, overrides) if overrides else config
@@ -369,6 +377,7 @@ def finetune(
             failure_config=ray.train.FailureConfig(max_failures=int(os.environ.get("FORGEKIT_MAX_FAILURES", "1"))),
         ),
     )
+    (run_dir / DIVERGED).unlink(missing_ok=True)  # a re-run after lowering the learning rate starts clean
     started = time.time()
     bar = _Progress(run_dir / "metrics.jsonl", progress)
     bar.start()
@@ -381,6 +390,8 @@ def finetune(
         bar.join(timeout=5)
     if result.error is not None:
         raise TrainingError(f"training failed in a worker: {_worker_error(result.error)}")
+    if (run_dir / DIVERGED).is_file():
+        raise TrainingDiverged((run_dir / DIVERGED).read_text().strip())
     summary = _summarize(run_dir, result, wall=time.time() - started)
     (run_dir / ".result.json.tmp").write_text(json.dumps(summary, indent=2))
     os.replace(run_dir / ".result.json.tmp", run_dir / "result.json")
@@ -631,8 +642,7 @@ def _train_worker(wc: dict[str, Any]) -> None:
     reporter.levers = levers
     # a non-finite gradient norm stops the run where nothing else would: no DeepSpeed, or ZeRO-1/2 with their bf16
     # overflow check off (forgekit's default); ZeRO-3 and ZeRO-0's bf16 optimizer skip such steps themselves
-    reporter.stop_on_nonfinite = not ds or (not ds.get("bf16", {}).get("check_grad_overflow", False)
-                                            and ds.get("zero_optimization", {}).get("stage", 0) in (1, 2))
+    reporter.stop_on_nonfinite = not ds or (zero_stage in (1, 2) and not ds.get("bf16", {}).get("check_grad_overflow", False))
     metrics_fns = {}
     if cfg.task == "classification":
         label_ids = tokenizer.convert_tokens_to_ids(cfg.classifier_config.label_tokens)
@@ -902,6 +912,7 @@ def _reporter_class() -> type:
             self.last_time, self.last_tokens, self.train_time, self.session_tokens = None, 0, 0.0, 0
             self.flops_per_token = None
             self.stop_on_nonfinite = True  # off where DeepSpeed's overflow check skips such steps itself
+            self.diverged: str | None = None  # the message, once the loss or gradient norm is no longer finite
             self.profiler = None  # forgekit.profiling's callback on rank 0 with profile_steps
             if on_gpu:
                 import torch
@@ -978,10 +989,14 @@ def _reporter_class() -> type:
                 self._write(row)
                 self.last_time, self.last_tokens = now, tokens
                 if self.stop_on_nonfinite and not all(math.isfinite(logs.get(k, 0.0) or 0.0) for k in ("loss", "grad_norm")):
-                    raise TrainingDiverged(
+                    # stop every rank here (they all log the same reduced values), with no evaluation or checkpoint
+                    # of the broken weights; raising would make Ray retry from the last checkpoint
+                    self.diverged = (
                         f"training diverged at step {state.global_step}: loss {logs['loss']}, gradient norm "
                         f"{logs.get('grad_norm')}; the weights are no longer finite. Lower learning_rate (or "
                         f"max_grad_norm), or look for broken examples; {CHECKPOINTS}/ holds the checkpoints before it.")
+                    control.should_training_stop = True
+                    control.should_evaluate = control.should_save = False
             elif "eval_loss" in logs:
                 row = {
                     "kind": "eval",
@@ -1033,6 +1048,9 @@ def _reporter_class() -> type:
             import torch
 
             if self.rank != 0:
+                return
+            if self.diverged:
+                (self.run_dir / DIVERGED).write_text(self.diverged + "\n")
                 return
             tps = self.session_tokens / self.train_time if self.train_time else None
             row = {

@@ -35,3 +35,17 @@ def test_memory_poller_polls_the_visible_devices(monkeypatch: pytest.MonkeyPatch
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     nvml = FakeNvml()
     assert [run._nvml_handle(nvml, d) for d in run._visible_devices(2)] == expected
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+@pytest.mark.parametrize(("device", "tokens", "max_length", "rows"), [("cuda", 8192, 2048, 4), ("cpu", 2048, 512, 2)])
+def test_forgekit_contender_does_the_same_tokens_per_step_for_any_number_of_workers(
+        tmp_path: Path, workers: int, device: str, tokens: int, max_length: int, rows: int) -> None:
+    """The tokens of one optimizer step are summed over the workers, as the single-process contenders do them."""
+    contender = pytest.importorskip("forgekit_contender")
+    spec = {"device": device, "tokens_per_step": tokens, "max_length": max_length, "data_stats": {"mean": 400},
+            "model_dir": "m", "data": "d.jsonl", "steps": 4, "lr": 2e-4, "lora": {"r": 16}, "seed": 0}
+    cfg = contender.forgekit_config(spec, {"workers": str(workers), "rows": str(rows)}, tmp_path)
+    planned = cfg["num_devices"] * cfg["train_batch_size_per_device"] * cfg["gradient_accumulation_steps"] * max_length
+    assert cfg["num_devices"] == workers and cfg["packing"]
+    assert planned == max(tokens, workers * rows * max_length)  # one packed row per worker at the least

@@ -8,6 +8,7 @@
   runs, learns, checkpoints, reports GPU figures.
 - Packed == unpacked through ``finetune``: with the whole data set in one optimizer step, the logged loss of
   step 1 (before any update) and of step 2 (after one update, so the gradients agree too) match.
+- A diverging ZeRO-2 bf16 run (DeepSpeed's overflow scan off) stops at the step its loss stopped being finite.
 - Resume: a run killed after its first checkpoint and started again continues with the same losses as a
   run that was never interrupted.
 
@@ -178,6 +179,21 @@ def test_finetune_through_ray_and_deepspeed(tmp_path, gpu_tiny_model, zero, lora
     ckpt = list_checkpoints(result["run_dir"])[-1]
     weights = "adapter_model.safetensors" if lora else "model.safetensors"
     assert (ckpt / weights).exists(), sorted(p.name for p in ckpt.iterdir())
+
+
+def test_a_diverging_zero2_bf16_run_stops_at_that_step(tmp_path, gpu_tiny_model):
+    """ZeRO-2's bf16 overflow scan is off (forgekit's default), so forgekit's own check must stop the run."""
+    import math
+
+    from forgekit.runs import read_metrics
+    from forgekit.train import TrainingDiverged, finetune
+
+    with pytest.raises(TrainingDiverged, match=r"training diverged at step \d+: .*Lower learning_rate") as info:
+        finetune(_config(tmp_path, gpu_tiny_model, learning_rate=1e30, max_steps=6, train_batch_size_per_device=2,
+                         gradient_accumulation_steps=1, run_name="d"), progress=False)
+    rows = read_metrics(tmp_path / "runs" / "d", kind="train")
+    assert len(rows) < 6 and str(rows[-1]["step"]) in str(info.value)
+    assert not (math.isfinite(rows[-1]["loss"]) and math.isfinite(rows[-1]["grad_norm"]))
 
 
 def test_packed_loss_equals_unpacked_loss_through_finetune(tmp_path, gpu_tiny_model):

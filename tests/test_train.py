@@ -10,6 +10,7 @@ import gzip
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -358,20 +359,29 @@ def test_a_worker_lost_after_a_checkpoint_is_restarted_by_ray_and_resumes(runs, 
     assert result["final_eval_loss"] == pytest.approx(reference["final_eval_loss"], abs=1e-5)
 
 
-def test_a_diverging_run_stops_with_the_step_and_what_to_change(ray_cluster, tiny_model_dir, data, tmp_path, monkeypatch):
+def test_a_diverging_run_stops_with_the_step_and_what_to_change(ray_cluster, tiny_model_dir, data, tmp_path):
     """lr 1e30 sends LoRA weights to ~1e30 after one Adam step: the next step's activations overflow fp32."""
     from forgekit.config import load_config
-    from forgekit.train import TrainingError, finetune
+    from forgekit.runs import list_checkpoints
+    from forgekit.train import DIVERGED, TrainingDiverged, finetune
 
-    monkeypatch.setenv("FORGEKIT_MAX_FAILURES", "0")  # Ray would otherwise retry once from the last checkpoint
-    cfg = config(tiny_model_dir, data, tmp_path / "runs", num_devices=1, lora_config=LORA, learning_rate=1e30,
-                 max_steps=4, deepspeed=None, checkpoint_and_evaluation_frequency={"unit": "steps", "frequency": 4})
-    with pytest.raises(TrainingError, match=r"training diverged at step [23]: .*Lower learning_rate") as info:
+    # Ray's FailureConfig keeps its default (one retry): a diverged run must stop, not be retried
+    cfg = config(tiny_model_dir, data, tmp_path / "runs", num_devices=2, lora_config=LORA, learning_rate=1e30,
+                 max_steps=4, deepspeed=None, num_checkpoints_to_keep=4,
+                 checkpoint_and_evaluation_frequency={"unit": "steps", "frequency": 1})
+    with pytest.raises(TrainingDiverged, match=r"training diverged at step ([23]): .*Lower learning_rate") as info:
         finetune(load_config(cfg), progress=False)
     assert "nan" in str(info.value) or "inf" in str(info.value)
-    rows = read_metrics(tmp_path / "runs" / os.listdir(tmp_path / "runs")[0], "train")
-    assert [r["step"] for r in rows] == list(range(1, len(rows) + 1)) and len(rows) < 4  # stopped at the first
+    step = int(re.search(r"step (\d)", str(info.value)).group(1))
+    run_dir = tmp_path / "runs" / os.listdir(tmp_path / "runs")[0]
+    rows = read_metrics(run_dir, "train")
+    assert [r["step"] for r in rows] == list(range(1, step + 1))  # both workers stopped at the first
     assert not math.isfinite(rows[-1]["grad_norm"]) and all(math.isfinite(r["grad_norm"]) for r in rows[:-1])
+    # nothing evaluated or saved from the broken weights; the message stays in the run directory
+    assert [r["step"] for r in read_metrics(run_dir, "eval")] == list(range(step))
+    assert [int(c.name.split("-")[1]) for c in list_checkpoints(run_dir)] == list(range(1, step))
+    assert (run_dir / DIVERGED).read_text().strip() == str(info.value)
+    assert not read_metrics(run_dir, "final") and not (run_dir / "result.json").exists()
 
 
 def test_deepspeed_bf16_overflow_scan_is_off_unless_the_json_sets_it(tmp_path):
