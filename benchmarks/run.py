@@ -248,7 +248,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
             lines.append(f"| {r['contender']} | failed: {str(r.get('error', ''))[:120]} |  |  |  |  |  |  |  | 0 |")
             continue
         tps = r.get("tokens_per_s")
-        notes = ([f"{r['gpus']} GPUs"] if r.get("gpus", 1) > 1 else []) + (["full FT, MFU at 6N"] if r.get("full_finetune") else [])
+        workers = "GPUs" if meta.get("device_name") != "cpu" else "CPU workers"
+        notes = ([f"{r['gpus']} {workers}"] if r.get("gpus", 1) > 1 else []) + (["full FT, MFU at 6N"] if r.get("full_finetune") else [])
         name = r["contender"] + (f" ({', '.join(notes)})" if notes else "")
         lines.append(
             f"| {name} | {f(tps, ',.0f')} | {f(tps / ref if tps and ref else None, '.2f')}× "

@@ -683,7 +683,8 @@ def contenders(
         path: a `benchmarks/run.py` result (JSON).
         price_per_hour: the price of one GPU per hour, for the cost column.
         more: `{label: path}` of further results of the same work (a later measurement, say); their rows follow,
-            named "contender (label)", and their speedup is against the first row of `path` too.
+            named "contender (label)", and their speedup is against the first row of `path` too. A result of
+            other work (model, steps, tokens per step or data differ) is a ValueError.
 
     Returns:
         One row per contender: {"contender", "tokens_per_s", "min_tokens_per_s", "max_tokens_per_s",
@@ -691,6 +692,12 @@ def contenders(
         with a price (of one GPU per hour): "cost_per_million_tokens".
     """
     sources = [(None, _read_json(path))] + [(label, _read_json(p)) for label, p in (more or {}).items()]
+    work = ("model", "steps", "tokens_per_step", "data_stats")  # what makes two results comparable
+    for (label, data), p in zip(sources[1:], (more or {}).values()):
+        differ = [k for k in work if data.get("meta", {}).get(k) != sources[0][1].get("meta", {}).get(k)]
+        if differ:
+            raise ValueError(f"{p} ({label}): not the same work as {path} (meta {', '.join(differ)} differ); "
+                             "its speedup and losses would not compare")
     rows = []
     base = None
     for label, r in ((label, r) for label, data in sources for r in data.get("rows", [])):

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from forgekit.config import ConfigError, format_config, load_config
 from forgekit.data import DataError
@@ -53,16 +54,19 @@ def _summary(manifest: dict) -> str:
 def cmd_validate(args: argparse.Namespace) -> int:
     from forgekit.batching import describe_batch
     from forgekit.prepare import prepare_data
-    from forgekit.train import deepspeed_config
+    from forgekit.train import deepspeed_config, run_name_for
 
     cfg = _load(args)
     prepared = prepare_data(cfg)
     r = prepared.resolved
-    deepspeed_config(r)  # the DeepSpeed file exists, parses and agrees with the YAML (as finetune checks)
+    # the DeepSpeed file exists, parses and agrees with the YAML (as finetune checks; precision too for CPU runs)
+    deepspeed_config(r, bf16=False if r.use_gpu is False else None)
     print(f"# {args.config}: valid ({'default' if args.default else 'custom'} mode). Resolved config:")
     print(format_config(r), end="")
     print("# " + _summary(prepared.manifest).replace("\n", "\n# "))
     print("# " + describe_batch(r.train_batch_size_per_device, r.gradient_accumulation_steps, r.num_devices))
+    run_dir = Path(r.output_dir).expanduser() / run_name_for(r, prepared.manifest["cache_key"])
+    print(f"# run directory: {run_dir}" + ("" if r.run_name else " (run_name derived from the config and data)"))
     return 0
 
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from forgekit.data import MAX_REPORTED, DataError, _is_hf_dataset_name, _load_hf, validate_record
+from forgekit.data import MAX_REPORTED, DataError, _load_hf, is_hf_dataset_name, validate_record
 
 __all__ = [
     "chat",
@@ -138,7 +138,7 @@ def read_rows(source: Any, *, split: str = "train", delimiter: str | None = None
             raise DataError(
                 [f"{text}: unknown file type {suffix!r} (expected .csv, .tsv, .jsonl, .json or .parquet)"]
             )
-        elif _is_hf_dataset_name(text):
+        elif is_hf_dataset_name(text):
             rows = _dataset_rows(_load_hf(text, default_split=split), text, split)
         else:
             raise DataError([f"{text}: file not found"])

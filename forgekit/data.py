@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_REPORTED", "DataError", "Example", "data_fingerprint", "read_examples", "validate_record"]
+__all__ = ["MAX_REPORTED", "DataError", "Example", "data_fingerprint", "is_hf_dataset_name", "read_examples", "validate_record"]
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_REPORTED = 50  # problems listed before the report says "... and N more"
@@ -127,7 +127,7 @@ def validate_record(record: Any, task: str = "instruction_tuning") -> list[str]:
 _FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".txt", ".parquet", ".gz")
 
 
-def _is_hf_dataset_name(path: str) -> bool:
+def is_hf_dataset_name(path: str) -> bool:
     """`org/name` or `org/name:split` that is no local path; `dir/train.jsonl` is a (missing) file, not a name."""
     if "://" in path or Path(path.split(":")[0]).exists() or path.split(":")[0].lower().endswith(_FILE_SUFFIXES):
         return False
@@ -175,7 +175,7 @@ def _hf_records(name: str) -> list[Any]:
 
 def data_fingerprint(path: str) -> str:
     """A content hash of the data at `path` (for the tokenization cache key)."""
-    if _is_hf_dataset_name(path):
+    if is_hf_dataset_name(path):
         return _load_hf(path)._fingerprint
     return hashlib.sha256(_read_text(path).encode()).hexdigest()
 
@@ -194,7 +194,7 @@ def read_examples(path: str, task: str = "instruction_tuning", max_reported: int
     problems: list[str] = []
     total = 0
     examples: list[Example] = []
-    if _is_hf_dataset_name(path):
+    if is_hf_dataset_name(path):
         rows = [(i + 1, rec, None) for i, rec in enumerate(_hf_records(path))]
         unit = "row"
     else:

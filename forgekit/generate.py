@@ -7,7 +7,7 @@ there), else float32 (`default_dtype`). The tokenizer
 comes from the checkpoint when it has one, because forgekit saves the tokenizer with the chat template the
 run trained with; prompts are then rendered by `forgekit.formats.render`, exactly as in training (tool
 conversations included). `generate` decodes greedily in left-padded batches and stops at the end-of-turn
-token.
+token or at a stopping sequence of the run (`generation_config.stopping_sequences`, saved with each checkpoint).
 """
 
 from __future__ import annotations
@@ -131,6 +131,9 @@ def load_adapter(path: str | Path, *, dtype: Any) -> tuple[Any, Any, str]:
         raise GenerationError(f"{adapter_cfg}: cannot load the base model {base_id!r}: {e}") from None
     if len(tok) > model.get_input_embeddings().num_embeddings:  # tokens added in training (e.g. labels)
         model.resize_token_embeddings(len(tok))
+    saved = local / "generation_config.json"  # the run's stopping_sequences (forgekit.train writes them)
+    if saved.is_file() and json.loads(saved.read_text()).get("stop_strings"):
+        model.generation_config.stop_strings = json.loads(saved.read_text())["stop_strings"]
     return PeftModel.from_pretrained(model, str(local)), tok, base_id
 
 
@@ -167,6 +170,13 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids += gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else []
     return list(dict.fromkeys(ids))
+
+
+def _cut(text: str, stops: list[str]) -> str:
+    """`text` up to the first stop string (generation ends with it; the answer does not include it)."""
+    for stop in stops:
+        text = text.split(stop, 1)[0]
+    return text
 
 
 def render_prompt(messages: list[dict], tokenizer: Any, tools: list | None = None) -> str:
@@ -270,6 +280,7 @@ def _generate_batches(model: Any, tok: Any, conversations: Sequence[list[dict]],
     from transformers import GenerationConfig, StoppingCriteriaList
 
     n = len(conversations)
+    stops = list(getattr(model.generation_config, "stop_strings", None) or [])  # the run's stopping_sequences
     prompts = [render_prompt(list(c), tok, tools[i] if tools else None) for i, c in enumerate(conversations)]
     encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(n), key=lambda i: (budgets[i] // 32, len(encoded[i])))
@@ -288,14 +299,16 @@ def _generate_batches(model: Any, tok: Any, conversations: Sequence[list[dict]],
             top_k=None,
             eos_token_id=eos_token_ids(model, tok),
             pad_token_id=tok.pad_token_id,
+            stop_strings=stops or None,
         )
         stop = None
         if stop_when is not None or len(set(row_budgets)) > 1:
             stop = StoppingCriteriaList([_row_stops(width, row_budgets, stop_when, tok, every=8)])
         with torch.inference_mode():
-            out = model.generate(**batch, generation_config=config, stopping_criteria=stop)
+            out = model.generate(**batch, generation_config=config, stopping_criteria=stop,
+                                 **({"tokenizer": tok} if stops else {}))
         for i, row in zip(idx, out[:, width:]):
-            outputs[i] = tok.decode(row[: budgets[i]], skip_special_tokens=True).strip()
+            outputs[i] = _cut(tok.decode(row[: budgets[i]], skip_special_tokens=True), stops).strip()
         if progress:
             log.info("generate: %d/%d conversations", min(b + batch_size, n), n)
     return outputs

@@ -29,7 +29,7 @@ import numpy as np
 
 from forgekit import __version__
 from forgekit.config import ConfigError, FinetuneConfig, with_derived
-from forgekit.data import DataError, Example, data_fingerprint, read_examples
+from forgekit.data import DataError, Example, data_fingerprint, is_hf_dataset_name, read_examples
 from forgekit.formats import (
     FormatError,
     render,
@@ -122,6 +122,9 @@ def _tokenizer_fingerprint(tok: Any) -> str:
     h.update(json.dumps(sorted(tok.get_vocab().items())).encode())
     h.update(json.dumps(tok.chat_template or "").encode())
     h.update(json.dumps([tok.eos_token, tok.pad_token, tok.bos_token]).encode())
+    backend = getattr(tok, "backend_tokenizer", None)  # fast tokenizers: merges, normalizer, pre-tokenizer too
+    if backend is not None:
+        h.update(backend.to_str().encode())
     return h.hexdigest()
 
 
@@ -361,6 +364,9 @@ def prepare_data(cfg: FinetuneConfig, *, use_gpu: bool | None = None, root: Path
         DataError: the data has problems (each `file:line: problem`).
         ConfigError: derived values conflict with the config (e.g. the batch-size rule cannot be met).
     """
+    if cfg.valid_path and is_hf_dataset_name(cfg.valid_path) and ":" not in cfg.valid_path:
+        raise ConfigError([f"valid_path: {cfg.valid_path} names a Hugging Face dataset without a split, so it would "
+                           f"evaluate on its train split; name one: {cfg.valid_path}:validation (or :test)"])
     if use_gpu is None:
         import torch
 

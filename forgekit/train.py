@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from forgekit.batching import describe_batch
-from forgekit.config import ConfigError, FinetuneConfig, apply_overrides, format_config, load_config
+from forgekit.config import ConfigError, FinetuneConfig, format_config, load_config
 
 __all__ = ["TrainingError", "deepspeed_config", "finetune", "init_ray", "run_name_for"]
 
@@ -327,7 +327,11 @@ def finetune(
         TrainingDiverged: the loss or gradient norm stopped being finite (the run stopped there, not retried).
     """
     if isinstance(config, FinetuneConfig):
-        cfg = apply_overrides(config, overrides) if overrides else config
+        cfg = config
+        if overrides:  # re-validated with the overrides; values derived before stay marked unless overridden
+            cfg = load_config(config.model_dump(mode="json", exclude_unset=True), overrides)
+            keys = overrides if isinstance(overrides, dict) else [o.split("=", 1)[0] for o in overrides]
+            cfg._derived = config.derived - {k.strip().split(".")[0] for k in keys}
     else:
         cfg = load_config(config, overrides, default=default)
     from forgekit.prepare import prepare_data
@@ -337,7 +341,8 @@ def finetune(
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else _cluster_has_gpus(address)
     prepared = prepare_data(cfg, use_gpu=use_gpu)
     cfg = prepared.resolved
-    deepspeed_config(cfg)  # fail on contradictions before any worker starts
+    # fail on contradictions before any worker starts; CPU workers train in fp32 (bf16 is a GPU worker's choice)
+    deepspeed_config(cfg, bf16=None if use_gpu else False)
     log.info("forgekit: %s", describe_batch(cfg.train_batch_size_per_device, cfg.gradient_accumulation_steps,
                                             cfg.num_devices))
     run_name = run_name_for(cfg, prepared.manifest["cache_key"])
@@ -463,9 +468,10 @@ def _summarize(run_dir: Path, result: Any, wall: float) -> dict[str, Any]:
     final = read_metrics(run_dir, kind="final")
     checkpoints = list_checkpoints(run_dir)
     best_ckpt = result.best_checkpoints[0][0].path if evals and result.best_checkpoints else None
-    if evals:
-        by_loss = sorted((r for r in evals if "eval_loss" in r), key=lambda r: r["eval_loss"])
-        best = by_loss[0]
+    # the best of the trained model's evaluations: step 0 is the untrained baseline (first_eval_loss), no checkpoint
+    trained = [r for r in evals if "eval_loss" in r and r["step"] > 0]
+    best = min(trained, key=lambda r: r["eval_loss"]) if trained else None
+    if best:
         ckpt_for_best = {c.name: c for c in checkpoints}.get(f"step-{best['step']:06d}")
         best_ckpt = str(ckpt_for_best) if ckpt_for_best else best_ckpt
     info = final[-1] if final else {}
@@ -473,11 +479,12 @@ def _summarize(run_dir: Path, result: Any, wall: float) -> dict[str, Any]:
         "best_checkpoint": str(best_ckpt) if best_ckpt else (str(checkpoints[-1]) if checkpoints else None),
         "last_checkpoint": str(checkpoints[-1]) if checkpoints else None,
         "checkpoints": [str(c) for c in checkpoints],
-        "best_eval_loss": min((r["eval_loss"] for r in evals), default=None),
+        "best_eval_loss": best["eval_loss"] if best else None,
         "first_eval_loss": evals[0]["eval_loss"] if evals else None,
         "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
         "final_train_loss": train[-1]["loss"] if train else None,
-        "steps": train[-1]["step"] if train else 0,
+        # the final row has the last step: with logging_steps > 1 the last train row can be earlier
+        "steps": info.get("step", train[-1]["step"] if train else 0),
         "train_tokens": info.get("train_tokens", train[-1]["tokens"] if train else 0),
         "tokens_per_second": info.get("tokens_per_second"),
         "wall_seconds": round(wall, 2),
@@ -556,7 +563,10 @@ def _train_worker(wc: dict[str, Any]) -> None:
 
     # --- model (seeded first: LoRA's A matrices and new embedding rows are drawn at random)
     transformers.set_seed(cfg.seed)
-    model = _load_model(cfg, tokenizer, torch.bfloat16 if bf16 else torch.float32, attn, liger)
+    model, liger = _load_model(cfg, tokenizer, torch.bfloat16 if bf16 else torch.float32, attn, liger)
+    stops = cfg.generation_config.stopping_sequences
+    if stops:  # saved with every checkpoint (generation_config.json), where forgekit's generation reads them
+        perf._base_model(model).generation_config.stop_strings = list(stops)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     every = 0
@@ -597,7 +607,9 @@ def _train_worker(wc: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None and wc.get("resume_from"):
         checkpoint = ray.train.Checkpoint(path=wc["resume_from"])
-    staging = Path(tempfile.gettempdir()) / "forgekit-staging" / f"{run_dir.name}-{os.getuid()}"
+    # one per run directory: two runs of the same name in different output_dirs must not share (and clear) it
+    where = hashlib.sha256(str(run_dir).encode()).hexdigest()[:8]
+    staging = Path(tempfile.gettempdir()) / "forgekit-staging" / f"{run_dir.name}-{where}-{os.getuid()}"
     if ctx.get_local_rank() == 0:
         shutil.rmtree(staging, ignore_errors=True)
     report_to, logging_dir = _logger_setup(cfg, run_dir)
@@ -725,8 +737,11 @@ def _CpuAutocastTrainer() -> type:  # a class, built on first use (transformers 
     return CpuAutocastTrainer
 
 
-def _load_model(cfg: FinetuneConfig, tokenizer: Any, dtype: Any, attn: str, liger: bool) -> Any:
-    """Base (or stage-1 full weights) + optional context extension, Liger, label tokens and LoRA."""
+def _load_model(cfg: FinetuneConfig, tokenizer: Any, dtype: Any, attn: str, liger: bool) -> tuple[Any, bool]:
+    """Base (or stage-1 full weights) + optional context extension, Liger, label tokens and LoRA.
+
+    Returns the model and whether Liger's kernels were applied (False where liger-kernel is missing or does
+    not know the architecture: `perf.apply_liger` warns)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from forgekit.models import resolve_model_path
@@ -754,7 +769,7 @@ def _load_model(cfg: FinetuneConfig, tokenizer: Any, dtype: Any, attn: str, lige
     if liger:
         from forgekit.perf import apply_liger
 
-        apply_liger(model, **cfg.liger_kernel.kwargs)
+        liger = apply_liger(model, **cfg.liger_kernel.kwargs)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     if cfg.initial_adapter_model_ckpt_path:
@@ -773,7 +788,7 @@ def _load_model(cfg: FinetuneConfig, tokenizer: Any, dtype: Any, attn: str, lige
                 lora["modules_to_save"] = ["lm_head"]
         lora.setdefault("task_type", "CAUSAL_LM")
         model = get_peft_model(model, LoraConfig(**lora))
-    return model
+    return model, liger
 
 
 def _free_activation_bytes(model: Any, trainable: int, zero_stage: int, world: int) -> float:
@@ -881,6 +896,13 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _generation_config(model: Any) -> Any:
+    """The generation config of the model under any peft / DeepSpeed wrapper."""
+    from forgekit.perf import _base_model
+
+    return getattr(_base_model(model), "generation_config", None)
+
+
 def _publish(checkpoint: Any, dir_name: str) -> Any:
     """Ray upload function: copy a checkpoint next to its final place, then rename it in (never half-visible)."""
     import ray.train
@@ -911,6 +933,7 @@ def _reporter_class() -> type:
             self.cfg, self.packed, self.trainable, self.total, self.on_gpu, self.precision = cfg, packed, trainable, total, on_gpu, precision
             self.last_time, self.last_tokens, self.train_time, self.session_tokens = None, 0, 0.0, 0
             self.flops_per_token = None
+            self.model = model
             self.stop_on_nonfinite = True  # off where DeepSpeed's overflow check skips such steps itself
             self.diverged: str | None = None  # the message, once the loss or gradient norm is no longer finite
             self.profiler = None  # forgekit.profiling's callback on rank 0 with profile_steps
@@ -1029,6 +1052,9 @@ def _reporter_class() -> type:
                     metrics["eval_loss"] = row["eval_loss"]
                     break
             publish = ray.train.get_context().get_local_rank() == 0 and local.exists()
+            gen = _generation_config(self.model)
+            if publish and getattr(gen, "stop_strings", None) and not (local / "generation_config.json").exists():
+                gen.save_pretrained(local)  # an adapter checkpoint: the full model's save writes it itself
             checkpoint = ray.train.Checkpoint.from_directory(str(local)) if publish else None
             ray.train.report(
                 metrics,

@@ -350,10 +350,13 @@ def test_contenders_and_seqlen_read_the_committed_results():
     assert rows[0]["speedup"] == 1.0
     # a later measurement of the same work joins the table, its speedup against the same first row
     later = RESULTS / "llama8b-h200-lora-8k-no-overflow-scan.json"
-    both = contenders(RESULTS / "llama8b-h200.json", more={"later": later})
+    both = contenders(RESULTS / "llama8b-h200-side-by-side.json", more={"later": later})
     new = json.loads(later.read_text())["rows"][0]
     assert both[-1]["contender"] == f"{new['contender']} (later)" and both[-1]["tokens_per_s"] == new["tokens_per_s"]
     assert both[-1]["speedup"] == pytest.approx(new["tokens_per_s"] / both[0]["tokens_per_s"])
+    # other work (6 steps, not 14) does not join: its losses and speed-up would not compare
+    with pytest.raises(ValueError, match=r"not the same work .*\(meta steps differ\)"):
+        contenders(RESULTS / "llama8b-h200.json", more={"later": later})
     seq = seqlen_results(RESULTS / "seqlen-llama8b-h100.json")
     assert [r["seq_len"] for r in seq] == [r["seq_len"] for r in json.loads((RESULTS / "seqlen-llama8b-h100.json").read_text())["seqlen"]]
 

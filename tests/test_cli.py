@@ -57,6 +57,8 @@ def test_validate_prints_the_resolved_config_with_derived_values_marked(workdir,
     assert "lora_config: null" in lines  # custom mode without an adapter: full fine-tuning
     assert any(line.startswith("# data: 6 training examples -> 6 rows") for line in lines)
     assert any(line.startswith("# batch: 4 examples per optimizer step") for line in lines)
+    [where] = [line for line in lines if line.startswith("# run directory: ")]  # what finetune would create
+    assert where.startswith("# run directory: runs/") and "-full-" in where and where.endswith("(run_name derived from the config and data)")
     # the printed config is YAML that validates again
     body = yaml.safe_load("\n".join(line for line in lines if not line.startswith("#")))
     assert body["context_length"] == 512 and body["num_epochs"] == 100
@@ -225,3 +227,13 @@ def test_validate_accepts_a_path_relative_to_the_working_dir(workdir, capsys, mo
 def test_unknown_embedded_model_exits_2(capsys):
     code, out, err = run(capsys, "models", "fetch", "no-such-model")
     assert code == 2 and "'no-such-model' is not an embedded model" in err and "Traceback" not in err + out
+
+
+def test_validate_finds_a_bf16_deepspeed_file_for_a_cpu_run(workdir, capsys):
+    """CPU workers train in fp32: a DeepSpeed file that enables bf16 is a config error before any worker starts."""
+    ds = workdir / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 2}, "bf16": {"enabled": True}}))
+    code, _, err = run(capsys, "validate", workdir / "cfg.yaml", "use_gpu=false", f"deepspeed.config_path={ds}")
+    assert code == 2 and f"{ds}: bf16.enabled=True, but this run trains in fp32" in err, err
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 2}, "bf16": {"enabled": "auto"}}))
+    assert run(capsys, "validate", workdir / "cfg.yaml", "use_gpu=false", f"deepspeed.config_path={ds}")[0] == 0

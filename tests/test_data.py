@@ -210,3 +210,15 @@ def test_hf_dataset_name(hf_cached_dataset):
         read_examples(f"{name}:validation")
     assert info.value.problems == [f"{name}:validation:row 1: messages[2] (assistant): empty content"]
     assert data_fingerprint(name) != data_fingerprint(f"{name}:validation")
+
+
+def test_a_hugging_face_valid_path_must_name_its_split(hf_cached_dataset):
+    """Without a split, `org/name` loads the train split: as valid_path it would evaluate on training data."""
+    from forgekit.config import ConfigError, load_config
+    from forgekit.prepare import prepare_data
+
+    cfg = load_config({"model_id": "m", "train_path": hf_cached_dataset, "valid_path": hf_cached_dataset})
+    with pytest.raises(ConfigError) as info:
+        prepare_data(cfg, use_gpu=False)
+    assert info.value.problems == [f"valid_path: {hf_cached_dataset} names a Hugging Face dataset without a split, so "
+                                   f"it would evaluate on its train split; name one: {hf_cached_dataset}:validation (or :test)"]

@@ -45,6 +45,24 @@ def test_per_row_budgets_and_stop_when(tiny_model_dir):
     assert all(full[i].startswith(stopped[i]) and n_tokens(stopped[i]) <= 9 for i in range(3))
 
 
+def test_a_stop_string_saved_with_a_checkpoint_ends_the_generation_before_it(embedded_model_dir, tmp_path):
+    """generation_config.json's stop_strings (a run's stopping_sequences): generation stops there, text cut before."""
+    question = [[{"role": "user", "content": "What is the capital of France?"}]]
+    [full] = generate(load_for_generation(embedded_model_dir), question, max_new_tokens=40)
+    assert "Paris" in full
+    ckpt = tmp_path / "ckpt"  # the embedded model with a generation_config.json that has stop strings
+    ckpt.mkdir()
+    for f in embedded_model_dir.iterdir():
+        if f.name != "generation_config.json":
+            (ckpt / f.name).symlink_to(f)
+    gen = json.loads((embedded_model_dir / "generation_config.json").read_text())
+    (ckpt / "generation_config.json").write_text(json.dumps({**gen, "stop_strings": ["Paris"]}))
+    loaded = load_for_generation(ckpt)
+    assert loaded[0].generation_config.stop_strings == ["Paris"]
+    [cut] = generate(loaded, question, max_new_tokens=40)
+    assert cut == full.split("Paris", 1)[0].strip() and cut
+
+
 def test_prompt_uses_the_checkpoint_template_with_tools(tokenizer):
     tools = [{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}]
     prompt = render_prompt([{"role": "user", "content": "Time?"}], tokenizer, tools)

@@ -37,5 +37,5 @@ def test_notebook_with_tiny_model(tiny_model_dir, tmp_path):
     # the packed run trained on packed rows: fewer rows than examples, and no padding in its batches
     manifest = json.loads((root / "runs" / "packing" / "manifest.json").read_text())
     assert manifest["packed_rows"] < manifest["train_examples"]
-    for name in ("padding_waste.png", "throughput.png", "h100_ladder.png"):
+    for name in ("padding_waste.png", "throughput.png", "h100_ladder.png", "h200_stacks.png"):
         assert (root / "plots" / name).stat().st_size > 10_000, name

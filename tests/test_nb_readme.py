@@ -70,7 +70,7 @@ def test_first_finetune_writes_a_complete_run_directory(executed):
     train = [r for r in rows if r["kind"] == "train"]
     assert [r["step"] for r in train] == [1, 2] and all(r["loss"] > 0 for r in train)
     evals = [r for r in rows if r["kind"] == "eval"]
-    assert evals and result["best_eval_loss"] == min(r["eval_loss"] for r in evals)
+    assert evals and result["best_eval_loss"] == min(r["eval_loss"] for r in evals if r["step"] > 0)
     config = (run_dir / "config.yaml").read_text()
     assert f"model_id: {model_dir}" in config and "num_devices: 1" in config
     assert (root / "loss.png").stat().st_size > 10_000

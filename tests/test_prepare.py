@@ -470,3 +470,20 @@ def test_cache_is_reused_and_invalidated_by_data_tokenizer_and_format(monkeypatc
 def test_format_problems_are_config_errors(prep):
     with pytest.raises(ConfigError, match="unknown built-in format 'chatlm'"):
         prep(generation_config={"prompt_format": "chatlm"})
+
+
+def test_the_cache_key_sees_a_tokenizer_change_that_keeps_the_vocabulary(tiny_model_dir, tmp_path):
+    """A tokenizer.json with fewer BPE merges (same vocabulary, same template) tokenizes differently."""
+    from transformers import AutoTokenizer
+
+    from forgekit.prepare import _tokenizer_fingerprint
+
+    changed = tmp_path / "tok"
+    shutil.copytree(tiny_model_dir, changed)
+    spec = json.loads((changed / "tokenizer.json").read_text())
+    spec["model"]["merges"] = spec["model"]["merges"][:1000]
+    (changed / "tokenizer.json").write_text(json.dumps(spec))
+    a, b = AutoTokenizer.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(changed)
+    assert a.get_vocab() == b.get_vocab() and a("Hello").input_ids != b("Hello").input_ids
+    assert _tokenizer_fingerprint(a) != _tokenizer_fingerprint(b)
+    assert _tokenizer_fingerprint(a) == _tokenizer_fingerprint(AutoTokenizer.from_pretrained(tiny_model_dir))

@@ -79,6 +79,7 @@ def write_config(path: Path, cfg: dict) -> Path:
 
 LORA = {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}
 MATRIX = [("zero_2", True), ("zero_3", True), ("zero_2", False), ("zero_3", False)]
+STOPS = ["\nUser:", "###"]  # a run's generation_config.stopping_sequences
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +98,23 @@ def runs(ray_cluster, tiny_model_dir, data, tmp_path_factory) -> dict[tuple[str,
                      save_optimizer_state=(stage, lora) != ("zero_3", False),
                      # one run of the matrix records steps 2-3 with the PyTorch profiler (forgekit.profiling)
                      # (not the ZeRO-2 LoRA run: other tests rerun its config as their reference)
-                     **({"profile_steps": [2, 3]} if (stage, lora) == ("zero_3", True) else {}))
+                     **({"profile_steps": [2, 3]} if (stage, lora) == ("zero_3", True) else {}),
+                     # the ZeRO-3 runs (adapter and full weights) save stopping sequences with their checkpoints
+                     **({"generation_config": {"stopping_sequences": STOPS}} if stage == "zero_3" else {}))
         out[(stage, lora)] = finetune(load_config(cfg), progress=False)
     return out
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_stopping_sequences_travel_with_every_checkpoint_to_generation(runs, lora):
+    from forgekit.generate import load_for_generation
+    from forgekit.runs import list_checkpoints
+
+    result = runs[("zero_3", lora)]
+    for ckpt in list_checkpoints(result["run_dir"]):
+        assert json.loads((ckpt / "generation_config.json").read_text())["stop_strings"] == STOPS, ckpt
+    model, _ = load_for_generation(result["best_checkpoint"])
+    assert model.generation_config.stop_strings == STOPS
 
 
 def test_profile_steps_writes_a_profile_of_those_steps(runs):
@@ -140,7 +155,7 @@ def test_two_workers_train_and_write_the_run_directory(runs, stage, lora):
     assert all(r["tokens"] > 0 and r["tokens_per_second"] > 0 for r in train)
     assert result["world_size"] == 2 and result["precision"] == "fp32" and result["steps"] == 6
     assert result["first_eval_loss"] == evals[0]["eval_loss"]
-    assert result["best_eval_loss"] == min(r["eval_loss"] for r in evals)
+    assert result["best_eval_loss"] == min(r["eval_loss"] for r in evals if r["step"] > 0)  # not the baseline
     assert result["train_tokens"] == train[-1]["tokens"]
     # ZeRO-3's "auto" buckets hold one decoder layer (perf.zero3_buckets); ZeRO-2 leaves them to transformers
     levers = json.loads((run_dir / "result.json").read_text())["levers"]

@@ -73,11 +73,11 @@ def test_context_beyond_the_models_maximum_stretches_rope(tmp_path, tiny_model_d
 
     model_max = AutoConfig.from_pretrained(tiny_model_dir).max_position_embeddings
     cfg = _cfg(tmp_path, model_id=str(tiny_model_dir), context_length=model_max * 4)
-    model = _load_model(cfg, tokenizer, torch.float32, "sdpa", False)
+    model, _ = _load_model(cfg, tokenizer, torch.float32, "sdpa", False)
     assert model.config.max_position_embeddings == model_max * 4
     assert model.config.rope_parameters["rope_type"] == "linear"
     assert model.config.rope_parameters["factor"] == pytest.approx(4.0)
-    plain = _load_model(_cfg(tmp_path, model_id=str(tiny_model_dir), context_length=model_max), tokenizer,
+    plain, _ = _load_model(_cfg(tmp_path, model_id=str(tiny_model_dir), context_length=model_max), tokenizer,
                         torch.float32, "sdpa", False)
     assert plain.config.max_position_embeddings == model_max
     assert plain.config.rope_parameters.get("rope_type", "default") == "default"
@@ -149,3 +149,52 @@ def test_progress_bar_reads_new_lines_and_starts_over_when_a_retried_worker_rewr
     with metrics.open("a") as f:
         f.write(json.dumps({"kind": "train", "step": 3, "max_steps": 6, "loss": 0.3}) + "\n")
     assert [r["step"] for r in p.new_rows()] == [1, 2, 3]
+
+
+def test_result_json_takes_the_best_trained_evaluation_and_the_last_step(tmp_path):
+    """Training that makes eval loss worse: best_eval_loss is that of the best checkpoint, not the untrained
+    baseline of step 0 (which has none); with logging_steps 2 the last train row is step 4 of 5."""
+    from types import SimpleNamespace
+
+    from forgekit.train import _summarize
+
+    rows = [{"kind": "eval", "step": 0, "eval_loss": 1.0}, {"kind": "train", "step": 2, "loss": 2.0, "tokens": 20},
+            {"kind": "eval", "step": 2, "eval_loss": 1.5}, {"kind": "train", "step": 4, "loss": 1.9, "tokens": 40},
+            {"kind": "eval", "step": 5, "eval_loss": 1.2}, {"kind": "final", "step": 5, "train_tokens": 50}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for step in (2, 5):
+        (tmp_path / "checkpoints" / f"step-{step:06d}").mkdir(parents=True)
+    ray_best = SimpleNamespace(path=str(tmp_path / "checkpoints" / "step-000005"))
+    out = _summarize(tmp_path, SimpleNamespace(best_checkpoints=[(ray_best, {})]), wall=1.0)
+    assert (out["first_eval_loss"], out["best_eval_loss"], out["final_eval_loss"]) == (1.0, 1.2, 1.2)
+    assert out["best_checkpoint"] == str(tmp_path / "checkpoints" / "step-000005")
+    assert (out["steps"], out["train_tokens"], out["final_train_loss"]) == (5, 50, 1.9)
+
+
+def test_finetune_applies_overrides_to_a_loaded_config(tmp_path, monkeypatch):
+    """finetune(load_config(...), ["learning_rate=1e-3"]): the overrides re-validate the loaded config."""
+    from forgekit import train
+
+    seen = {}
+
+    def stop(cfg):  # the first step after the config is settled
+        seen["cfg"] = cfg
+        raise SystemExit
+
+    monkeypatch.setattr(train, "_absolute_paths", stop)
+    with pytest.raises(SystemExit):
+        train.finetune(_cfg(tmp_path), ["learning_rate=1e-3", "lora_config.r=4"], progress=False)
+    assert seen["cfg"].learning_rate == 1e-3 and seen["cfg"].lora_config["r"] == 4
+    with pytest.raises(ConfigError, match="learning_rate"):
+        train.finetune(_cfg(tmp_path), ["learning_rate=fast"], progress=False)
+
+
+def test_an_llmforge_classification_yaml_with_another_error_reports_only_that_error():
+    """classifier_config without task is a classification run, also when another field is invalid."""
+    with pytest.raises(ConfigError) as e:
+        load_config({"model_id": "m", "train_path": "t", "classifier_config": {"label_tokens": ["<a>", "<b>"]},
+                     "learning_rate": "fast"})
+    assert len(e.value.problems) == 1 and "learning_rate" in e.value.problems[0]
+    with pytest.raises(ConfigError) as e:  # preference_tuning's "not yet" is reported beside the other problems
+        load_config({"model_id": "m", "train_path": "t", "task": "preference_tuning", "learning_rate": "fast"})
+    assert len(e.value.problems) == 2 and "not yet supported" in e.value.problems[1]
