@@ -140,7 +140,12 @@ class ClassifierConfig(_Strict):
 
 class LoggerConfig(_Strict):
     provider: Literal["wandb", "mlflow", "tensorboard"]
-    provider_config: dict[str, Any] = Field(default_factory=dict, description="Passed to the provider.")
+    provider_config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Passed to the provider: for wandb and mlflow each key becomes the WANDB_<KEY> / MLFLOW_<KEY> "
+        "environment variable transformers' callback reads (project, entity, tags, tracking_uri, experiment_name, "
+        "...; wandb's group is WANDB_RUN_GROUP); for tensorboard, log_dir (default <run dir>/tensorboard).",
+    )
 
 
 class CheckpointFrequency(_Strict):

@@ -339,6 +339,7 @@ def finetune(
     cfg = _absolute_paths(cfg)  # workers run in another directory
     init_ray(address, cfg.num_devices)
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else _cluster_has_gpus(address)
+    _check_logger(cfg)  # a missing package fails here, not in every worker after Ray started
     prepared = prepare_data(cfg, use_gpu=use_gpu)
     cfg = prepared.resolved
     # fail on contradictions before any worker starts; CPU workers train in fp32 (bf16 is a GPU worker's choice)
@@ -805,21 +806,38 @@ def _free_activation_bytes(model: Any, trainable: int, zero_stage: int, world: i
     return max(total - weights - state - 3 * 2**30, 0.0)  # 3 GiB: CUDA context, workspaces, fragmentation
 
 
+LOGGER_PACKAGES = {"wandb": "wandb", "mlflow": "mlflow", "tensorboard": "tensorboard"}
+
+
+def _check_logger(cfg: FinetuneConfig) -> None:
+    """ConfigError naming `logger.provider` when its package is not installed on the driver."""
+    import importlib.util
+
+    if cfg.logger is not None:
+        package = LOGGER_PACKAGES[cfg.logger.provider]
+        if importlib.util.find_spec(package) is None:
+            raise ConfigError([f"logger.provider: {cfg.logger.provider} needs the {package} package, which is not "
+                               f"installed: pip install {package} (on every node of the cluster)"])
+
+
 def _logger_setup(cfg: FinetuneConfig, run_dir: Path) -> tuple[list[str], str | None]:
     if cfg.logger is None:
         return [], None
-    pc = cfg.logger.provider_config
+    pc = dict(cfg.logger.provider_config)
     match cfg.logger.provider:
-        case "wandb":
-            for key, env in (("project", "WANDB_PROJECT"), ("entity", "WANDB_ENTITY"), ("group", "WANDB_RUN_GROUP")):
-                if key in pc:
-                    os.environ[env] = str(pc[key])
-            return ["wandb"], None
-        case "mlflow":
-            for key, env in (("tracking_uri", "MLFLOW_TRACKING_URI"), ("experiment_name", "MLFLOW_EXPERIMENT_NAME")):
-                if key in pc:
-                    os.environ[env] = str(pc[key])
-            return ["mlflow"], None
+        case "wandb" | "mlflow" as provider:
+            # transformers' callbacks read their settings from the environment: every provider_config key becomes
+            # WANDB_<KEY> / MLFLOW_<KEY> (lists joined by commas, as WANDB_TAGS wants; mappings as JSON, as
+            # MLFLOW_TAGS wants), with wandb's `group` as WANDB_RUN_GROUP
+            prefix = provider.upper() + "_"
+            for key, value in pc.items():
+                env = "WANDB_RUN_GROUP" if (provider, key) == ("wandb", "group") else prefix + key.upper()
+                if isinstance(value, (list, tuple)):
+                    value = ",".join(map(str, value))
+                elif isinstance(value, dict):
+                    value = json.dumps(value)
+                os.environ[env] = str(value)
+            return [provider], None
         case _:
             return ["tensorboard"], str(pc.get("log_dir", run_dir / "tensorboard"))
 

@@ -100,7 +100,9 @@ def runs(ray_cluster, tiny_model_dir, data, tmp_path_factory) -> dict[tuple[str,
                      # (not the ZeRO-2 LoRA run: other tests rerun its config as their reference)
                      **({"profile_steps": [2, 3]} if (stage, lora) == ("zero_3", True) else {}),
                      # the ZeRO-3 runs (adapter and full weights) save stopping sequences with their checkpoints
-                     **({"generation_config": {"stopping_sequences": STOPS}} if stage == "zero_3" else {}))
+                     **({"generation_config": {"stopping_sequences": STOPS}} if stage == "zero_3" else {}),
+                     # the ZeRO-2 full run logs to TensorBoard as well
+                     **({"logger": {"provider": "tensorboard"}} if (stage, lora) == ("zero_2", False) else {}))
         out[(stage, lora)] = finetune(load_config(cfg), progress=False)
     return out
 
@@ -115,6 +117,17 @@ def test_stopping_sequences_travel_with_every_checkpoint_to_generation(runs, lor
         assert json.loads((ckpt / "generation_config.json").read_text())["stop_strings"] == STOPS, ckpt
     model, _ = load_for_generation(result["best_checkpoint"])
     assert model.generation_config.stop_strings == STOPS
+
+
+def test_tensorboard_logger_writes_the_training_curves(runs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = Path(runs[("zero_2", False)]["run_dir"])
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    losses = events.Scalars("train/loss")
+    assert [e.step for e in losses] == [r["step"] for r in read_metrics(run_dir, "train")]
+    assert [e.value for e in losses] == pytest.approx([r["loss"] for r in read_metrics(run_dir, "train")], abs=1e-4)
+    assert "eval/loss" in events.Tags()["scalars"]
 
 
 def test_profile_steps_writes_a_profile_of_those_steps(runs):

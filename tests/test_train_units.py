@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -198,3 +199,31 @@ def test_an_llmforge_classification_yaml_with_another_error_reports_only_that_er
     with pytest.raises(ConfigError) as e:  # preference_tuning's "not yet" is reported beside the other problems
         load_config({"model_id": "m", "train_path": "t", "task": "preference_tuning", "learning_rate": "fast"})
     assert len(e.value.problems) == 2 and "not yet supported" in e.value.problems[1]
+
+
+def test_logger_provider_config_reaches_the_environment_of_transformers_callbacks(tmp_path, monkeypatch):
+    from forgekit.train import _logger_setup
+
+    for key in ("WANDB_PROJECT", "WANDB_RUN_GROUP", "WANDB_TAGS", "WANDB_ENTITY", "MLFLOW_TRACKING_URI", "MLFLOW_TAGS"):
+        monkeypatch.delenv(key, raising=False)
+    cfg = _cfg(tmp_path, logger={"provider": "wandb", "provider_config": {"project": "p", "group": "g",
+                                                                         "tags": ["a", "b"], "entity": "team"}})
+    assert _logger_setup(cfg, tmp_path) == (["wandb"], None)
+    assert [os.environ[k] for k in ("WANDB_PROJECT", "WANDB_RUN_GROUP", "WANDB_TAGS", "WANDB_ENTITY")] == ["p", "g", "a,b", "team"]
+    cfg = _cfg(tmp_path, logger={"provider": "mlflow", "provider_config": {"tracking_uri": "file:/x", "tags": {"k": "v"}}})
+    assert _logger_setup(cfg, tmp_path) == (["mlflow"], None)
+    assert os.environ["MLFLOW_TRACKING_URI"] == "file:/x" and json.loads(os.environ["MLFLOW_TAGS"]) == {"k": "v"}
+    cfg = _cfg(tmp_path, logger={"provider": "tensorboard"})
+    assert _logger_setup(cfg, tmp_path) == (["tensorboard"], str(tmp_path / "tensorboard"))
+
+
+def test_a_logger_without_its_package_is_a_config_error_before_ray_starts(tmp_path, monkeypatch):
+    import importlib.util
+
+    from forgekit.train import _check_logger
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"logger.provider: wandb needs the wandb package.*pip install wandb"):
+        _check_logger(_cfg(tmp_path, logger={"provider": "wandb"}))
+    _check_logger(_cfg(tmp_path, logger={"provider": "tensorboard"}))  # installed with forgekit's dev extras
