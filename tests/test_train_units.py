@@ -227,3 +227,46 @@ def test_a_logger_without_its_package_is_a_config_error_before_ray_starts(tmp_pa
     with pytest.raises(ConfigError, match=r"logger.provider: wandb needs the wandb package.*pip install wandb"):
         _check_logger(_cfg(tmp_path, logger={"provider": "wandb"}))
     _check_logger(_cfg(tmp_path, logger={"provider": "tensorboard"}))  # installed with forgekit's dev extras
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_classification_lora_trains_and_saves_the_new_label_rows(tmp_path, tiny_model_dir, tied):
+    """LoRA classification adds label tokens: their embedding rows (and the output rows of an untied model) are
+    trained, and the saved adapter carries them, so a fresh load predicts with the trained rows."""
+    import shutil
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from forgekit.prepare import load_tokenizer
+    from forgekit.train import _load_model
+
+    model_dir = tiny_model_dir
+    if not tied:
+        model_dir = tmp_path / "untied"
+        shutil.copytree(tiny_model_dir, model_dir)
+        config = json.loads((model_dir / "config.json").read_text())
+        (model_dir / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}))
+    cfg = _cfg(tmp_path, model_id=str(model_dir), task="classification", lora_config={"r": 4, "target_modules": "all-linear"},
+               classifier_config={"label_tokens": ["<yes>", "<no>"]})
+    tok = load_tokenizer(cfg)
+    labels = tok.convert_tokens_to_ids(["<yes>", "<no>"])
+    torch.manual_seed(0)
+    model, _ = _load_model(cfg, tok, torch.float32, "sdpa", False)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("embed_tokens" in n and "trainable_tokens" in n for n in trainable), trainable
+    assert any("lm_head" in n for n in trainable) == (not tied)
+    before = model.get_input_embeddings()(torch.tensor(labels)).detach().clone()
+    ids = torch.tensor([[tok.convert_tokens_to_ids("Hi"), *labels]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=10.0).step()
+    trained = model.get_input_embeddings()(torch.tensor(labels)).detach()
+    assert not torch.allclose(trained, before)  # the label rows learnt
+    model.save_pretrained(tmp_path / "adapter")
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    base.resize_token_embeddings(len(tok))
+    loaded = PeftModel.from_pretrained(base, tmp_path / "adapter")
+    assert torch.allclose(loaded.get_input_embeddings()(torch.tensor(labels)), trained)
+    with torch.no_grad():
+        assert torch.allclose(loaded.eval()(ids).logits, model.eval()(ids).logits, atol=1e-5)
