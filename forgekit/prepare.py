@@ -373,7 +373,8 @@ def prepare_data(cfg: FinetuneConfig, *, use_gpu: bool | None = None, root: Path
         use_gpu = cfg.use_gpu if cfg.use_gpu is not None else torch.cuda.is_available()
     if cfg.packing is None:
         # packing pays where attention can skip across examples cheaply (varlen / flex on GPUs); on CPU the
-        # block-diagonal mask of a packed row costs more than the padding it saves
+        # per-example attention of a packed row costs about what the padding it saves did (optimize_cost's
+        # default run: 244 vs 235 real tokens/s, docs/notebook_runs.md), so CPU runs keep padding
         auto = use_gpu and cfg.task in ("instruction_tuning", "causal_lm") and cfg.padding == "longest"
         cfg = with_derived(cfg, packing=auto)
     try:

@@ -806,15 +806,12 @@ def _free_activation_bytes(model: Any, trainable: int, zero_stage: int, world: i
     return max(total - weights - state - 3 * 2**30, 0.0)  # 3 GiB: CUDA context, workspaces, fragmentation
 
 
-LOGGER_PACKAGES = {"wandb": "wandb", "mlflow": "mlflow", "tensorboard": "tensorboard"}
-
-
 def _check_logger(cfg: FinetuneConfig) -> None:
     """ConfigError naming `logger.provider` when its package is not installed on the driver."""
     import importlib.util
 
     if cfg.logger is not None:
-        package = LOGGER_PACKAGES[cfg.logger.provider]
+        package = cfg.logger.provider  # each provider's package has its name
         if importlib.util.find_spec(package) is None:
             raise ConfigError([f"logger.provider: {cfg.logger.provider} needs the {package} package, which is not "
                                f"installed: pip install {package} (on every node of the cluster)"])
@@ -915,7 +912,7 @@ def _barrier() -> None:
 
 
 def _generation_config(model: Any) -> Any:
-    """The generation config of the model under any peft / DeepSpeed wrapper."""
+    """The generation config of the model under a peft wrapper (or the model's own)."""
     from forgekit.perf import _base_model
 
     return getattr(_base_model(model), "generation_config", None)
