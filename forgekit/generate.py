@@ -114,7 +114,7 @@ def load_adapter(path: str | Path, *, dtype: Any) -> tuple[Any, Any, str]:
         GenerationError: no base model named, or it cannot be loaded.
     """
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     from forgekit.models import resolve_model_path
 
@@ -131,9 +131,8 @@ def load_adapter(path: str | Path, *, dtype: Any) -> tuple[Any, Any, str]:
         raise GenerationError(f"{adapter_cfg}: cannot load the base model {base_id!r}: {e}") from None
     if len(tok) > model.get_input_embeddings().num_embeddings:  # tokens added in training (e.g. labels)
         model.resize_token_embeddings(len(tok))
-    saved = local / "generation_config.json"  # the run's stopping_sequences (forgekit.train writes them)
-    if saved.is_file() and json.loads(saved.read_text()).get("stop_strings"):
-        model.generation_config.stop_strings = json.loads(saved.read_text())["stop_strings"]
+    if (local / "generation_config.json").is_file():  # the run's (with its stopping_sequences: forgekit.train)
+        model.generation_config = GenerationConfig.from_pretrained(local)
     return PeftModel.from_pretrained(model, str(local)), tok, base_id
 
 

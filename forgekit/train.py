@@ -565,9 +565,9 @@ def _train_worker(wc: dict[str, Any]) -> None:
     # --- model (seeded first: LoRA's A matrices and new embedding rows are drawn at random)
     transformers.set_seed(cfg.seed)
     model, liger = _load_model(cfg, tokenizer, torch.bfloat16 if bf16 else torch.float32, attn, liger)
-    stops = cfg.generation_config.stopping_sequences
-    if stops:  # saved with every checkpoint (generation_config.json), where forgekit's generation reads them
-        perf._base_model(model).generation_config.stop_strings = list(stops)
+    generation = perf._base_model(model).generation_config
+    if cfg.generation_config.stopping_sequences:  # saved with every checkpoint, where forgekit's generation reads them
+        generation.stop_strings = list(cfg.generation_config.stopping_sequences)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     every = 0
@@ -653,6 +653,8 @@ def _train_worker(wc: dict[str, Any]) -> None:
     reporter = _reporter_class()(run_dir, rank, world, max_steps, eval_every, model, cfg, packed, trainable, total, on_gpu,
                                  "bf16" if bf16 else "bf16-autocast" if cpu_autocast else "fp32")
     reporter.levers = levers
+    # an adapter checkpoint holds no generation_config.json of its own (a full model's save writes it)
+    reporter.generation_config = generation if cfg.generation_config.stopping_sequences else None
     # a non-finite gradient norm stops the run where nothing else would: no DeepSpeed, or ZeRO-1/2 with their bf16
     # overflow check off (forgekit's default); ZeRO-3 and ZeRO-0's bf16 optimizer skip such steps themselves
     reporter.stop_on_nonfinite = not ds or (zero_stage in (1, 2) and not ds.get("bf16", {}).get("check_grad_overflow", False))
@@ -911,13 +913,6 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _generation_config(model: Any) -> Any:
-    """The generation config of the model under a peft wrapper (or the model's own)."""
-    from forgekit.perf import _base_model
-
-    return getattr(_base_model(model), "generation_config", None)
-
-
 def _publish(checkpoint: Any, dir_name: str) -> Any:
     """Ray upload function: copy a checkpoint next to its final place, then rename it in (never half-visible)."""
     import ray.train
@@ -948,7 +943,7 @@ def _reporter_class() -> type:
             self.cfg, self.packed, self.trainable, self.total, self.on_gpu, self.precision = cfg, packed, trainable, total, on_gpu, precision
             self.last_time, self.last_tokens, self.train_time, self.session_tokens = None, 0, 0.0, 0
             self.flops_per_token = None
-            self.model = model
+            self.generation_config = None  # saved into adapter checkpoints when the run has stopping sequences
             self.stop_on_nonfinite = True  # off where DeepSpeed's overflow check skips such steps itself
             self.diverged: str | None = None  # the message, once the loss or gradient norm is no longer finite
             self.profiler = None  # forgekit.profiling's callback on rank 0 with profile_steps
@@ -1067,9 +1062,8 @@ def _reporter_class() -> type:
                     metrics["eval_loss"] = row["eval_loss"]
                     break
             publish = ray.train.get_context().get_local_rank() == 0 and local.exists()
-            gen = _generation_config(self.model)
-            if publish and getattr(gen, "stop_strings", None) and not (local / "generation_config.json").exists():
-                gen.save_pretrained(local)  # an adapter checkpoint: the full model's save writes it itself
+            if publish and self.generation_config is not None and not (local / "generation_config.json").exists():
+                self.generation_config.save_pretrained(local)
             checkpoint = ray.train.Checkpoint.from_directory(str(local)) if publish else None
             ray.train.report(
                 metrics,
