@@ -214,6 +214,45 @@ def _worker_resources(cfg: FinetuneConfig, use_gpu: bool) -> dict[str, float]:
     return res
 
 
+def cluster_fit_problems(cfg: FinetuneConfig, use_gpu: bool, have: dict[str, float]) -> list[str]:
+    """What a Ray cluster with resources `have` lacks for the run's workers, as config problems (empty: it fits).
+
+    Ray does not fail a request it cannot meet: it waits for the resources to appear, which on a fixed cluster (one
+    machine, say) is forever. The common case is a config copied from another GPU type: LLMForge's configs ask for
+    `worker_resources: {accelerator_type:A100-80G: 0.001}`, which an H100 machine never has.
+    """
+    need, n = _worker_resources(cfg, use_gpu), cfg.num_devices
+    problems = []
+    for key, per_worker in sorted(need.items()):
+        total, avail = per_worker * n, have.get(key, 0.0)
+        if avail + 1e-9 >= total:
+            continue
+        if key not in cfg.worker_resources:  # forgekit's own request: one GPU (or CPU) per worker
+            problems.append(f"num_devices: {n} {'GPU' if use_gpu else 'CPU'} workers need {total:g} {key}, "
+                            f"the Ray cluster has {avail:g}; lower num_devices to at most {int(avail // per_worker)}")
+            continue
+        msg = (f"worker_resources.{key}: {n} worker(s) x {per_worker:g} need {total:g}, "
+               f"the Ray cluster has {avail:g}")
+        if key.startswith("accelerator_type:"):
+            types = sorted(k.split(":", 1)[1] for k in have if k.startswith("accelerator_type:"))
+            msg += (f" (its accelerator types: {', '.join(types) or 'none'}); set the type this cluster has, "
+                    "or remove the key to take any GPU")
+        problems.append(msg)
+    return problems
+
+
+def _check_cluster_fits(cfg: FinetuneConfig, use_gpu: bool, attached: bool) -> None:
+    """A config error before any worker starts when the cluster cannot host the workers; on a cluster forgekit
+    attached to (which may be autoscaling: nodes with the resources can still come), a warning instead."""
+    import ray
+
+    problems = cluster_fit_problems(cfg, use_gpu, ray.cluster_resources())
+    if problems and not attached:
+        raise ConfigError(problems)
+    for p in problems:
+        log.warning("forgekit: %s; Ray waits until the cluster has it (an autoscaling cluster adds nodes)", p)
+
+
 def _scaling_config(cfg: FinetuneConfig, use_gpu: bool) -> Any:
     """Ray's `ScalingConfig` for the run: `num_devices` workers with `worker_resources` each.
 
@@ -339,6 +378,7 @@ def finetune(
     cfg = _absolute_paths(cfg)  # workers run in another directory
     init_ray(address, cfg.num_devices)
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else _cluster_has_gpus(address)
+    _check_cluster_fits(cfg, use_gpu, attached=bool(address or os.environ.get("RAY_ADDRESS")))
     _check_logger(cfg)  # a missing package fails here, not in every worker after Ray started
     prepared = prepare_data(cfg, use_gpu=use_gpu)
     cfg = prepared.resolved

@@ -30,6 +30,20 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir:
 
 
 @pytest.fixture(scope="session")
+def gpu_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The GPU tier's tiny model: as `tiny_model_dir`, built from `$FORGEKIT_TINY_SOURCE` (a folder with SmolLM2's
+    config.json and tokenizer files) on a GPU host that lacks the embedded model's package."""
+    from forgekit.testing import build_tiny_model
+
+    source = os.environ.get("FORGEKIT_TINY_SOURCE")
+    if not source:
+        from forgekit.models import fetch_model
+
+        source = fetch_model()
+    return build_tiny_model(tmp_path_factory.mktemp("gpu-tiny"), source=source)
+
+
+@pytest.fixture(scope="session")
 def tokenizer(tiny_model_dir: Path):
     """The tiny model's tokenizer, shared by the session: do not mutate it; load your own copy to change it."""
     from transformers import AutoTokenizer

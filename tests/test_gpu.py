@@ -1,5 +1,8 @@
 """The GPU tier (``pytest -m gpu tests/test_gpu.py`` on a CUDA host): forgekit's fast paths on the device, through the real path.
 
+The notebooks' ``gpu`` cells run in ``tests/test_gpu_notebooks.py`` (the same tier; it needs the notebook kernel's
+wheels from ``benchmarks/make_test_wheels.sh`` on an offline host).
+
 - The attention paths forgekit picks for packed rows (``forgekit_varlen``: PyTorch's variable-length
   FlashAttention; ``flex_attention``) keep the examples of a packed row apart in bf16 on the GPU: every
   example's logits inside the row match the example run alone, within a tolerance derived from bf16 and
@@ -42,19 +45,6 @@ REPO = Path(__file__).resolve().parents[1]
 # of each intermediate. The tolerance is 16 roundings of the largest logit, 2**-5 of it; the contamination
 # control below must exceed it, so the test can fail.
 BF16_LOGIT_TOL = 2.0**-5
-
-
-@pytest.fixture(scope="module")
-def gpu_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer random SmolLM2-shaped model (real tokenizer) saved as a Hugging Face model dir."""
-    from forgekit.testing import build_tiny_model
-
-    source = os.environ.get("FORGEKIT_TINY_SOURCE")
-    if not source:
-        from forgekit.models import fetch_model
-
-        source = fetch_model()
-    return build_tiny_model(tmp_path_factory.mktemp("gpu-tiny"), source=source)
 
 
 def _random_llama(attn: str, seed: int = 0) -> torch.nn.Module:

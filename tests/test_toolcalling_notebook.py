@@ -36,6 +36,7 @@ def test_notebook_end_to_end_with_tiny_model(tiny_model_dir, tmp_path):
     assert set(results["evaluations"]) == {"base", "fine-tuned"}
     for report in results["evaluations"].values():
         assert report["conversations"] == 4 and report["turns"] >= 4
+        assert report["settings"]["device"] == "cpu" and report["settings"]["num_threads"] == 1
         assert set(report["by_category"]) == {"single", "parallel", "multi_turn", "no_call"}
         correct = round(report["exact_match"] * report["turns"])  # the headline is turn-level
         assert correct + sum(report["failures"].values()) == report["turns"]

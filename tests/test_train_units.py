@@ -270,3 +270,40 @@ def test_classification_lora_trains_and_saves_the_new_label_rows(tmp_path, tiny_
     assert torch.allclose(loaded.get_input_embeddings()(torch.tensor(labels)), trained)
     with torch.no_grad():
         assert torch.allclose(loaded.eval()(ids).logits, model.eval()(ids).logits, atol=1e-5)
+
+
+def test_a_cluster_that_cannot_host_the_workers_is_reported_by_key_and_what_it_has(tmp_path):
+    from forgekit.train import cluster_fit_problems
+
+    h100 = {"CPU": 26.0, "GPU": 1.0, "accelerator_type:H100": 1.0, "memory": 1e11}
+    # an LLMForge config for A100s on an H100 machine: named, with the types the cluster has
+    a100 = _cfg(tmp_path, num_devices=1, worker_resources={"accelerator_type:A100-80G": 0.001})
+    (problem,) = cluster_fit_problems(a100, True, h100)
+    assert problem.startswith("worker_resources.accelerator_type:A100-80G: 1 worker(s) x 0.001 need 0.001, "
+                              "the Ray cluster has 0")
+    assert "accelerator types: H100" in problem and "remove the key" in problem
+    assert cluster_fit_problems(a100.model_copy(update={"worker_resources": {"accelerator_type:H100": 0.001}}),
+                                True, h100) == []
+    # two GPU workers on one GPU, and an explicit CPU request too large: both reported at once
+    both = _cfg(tmp_path, num_devices=2, worker_resources={"CPU": 16})
+    assert cluster_fit_problems(both, True, h100) == [
+        "worker_resources.CPU: 2 worker(s) x 16 need 32, the Ray cluster has 26",
+        "num_devices: 2 GPU workers need 2 GPU, the Ray cluster has 1; lower num_devices to at most 1",
+    ]
+    assert cluster_fit_problems(both, False, h100) == ["worker_resources.CPU: 2 worker(s) x 16 need 32, the Ray "
+                                                       "cluster has 26"]  # CPU workers ask for no GPU
+
+
+def test_an_unmet_worker_resource_fails_a_local_run_and_warns_on_an_attached_cluster(tmp_path, monkeypatch, caplog):
+    import ray
+
+    from forgekit import train
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, "memory": 1e10})
+    cfg = _cfg(tmp_path, worker_resources={"accelerator_type:A100-80G": 0.001})
+    with pytest.raises(ConfigError, match=r"worker_resources\.accelerator_type:A100-80G: .*types: none"):
+        train._check_cluster_fits(cfg, True, attached=False)
+    with caplog.at_level(logging.WARNING, logger="forgekit"):
+        train._check_cluster_fits(cfg, True, attached=True)  # an autoscaling cluster can still add such nodes
+    assert "accelerator_type:A100-80G" in caplog.text and "autoscaling" in caplog.text
+    train._check_cluster_fits(_cfg(tmp_path), False, attached=False)  # 2 CPU workers fit 2 CPUs

@@ -314,7 +314,7 @@ def evaluate_tool_calling(
     report["samples"] = samples
     report["settings"] = {"max_new_tokens": max_new_tokens, "call_start_tokens": CALL_START_TOKENS,
                           "call_slack_tokens": call_slack_tokens, "dtype": str(model.dtype).removeprefix("torch."),
-                          "num_threads": num_threads or torch.get_num_threads()}
+                          "device": str(model.device), "num_threads": num_threads or torch.get_num_threads()}
     report["seconds"] = round(time.perf_counter() - start, 1)
     return report
 
