@@ -265,7 +265,9 @@ class FinetuneConfig(_Strict):
         "forgekit: run directory name; unset = model, lora|full and a hash of the config and data, so that "
         "re-running the same command finds (and resumes) the same run."))
     checkpoint_and_evaluation_frequency: CheckpointFrequency = Field(default_factory=CheckpointFrequency)
-    num_checkpoints_to_keep: int = Field(1, ge=1)
+    num_checkpoints_to_keep: int = Field(1, ge=1, description=(
+        "Checkpoints kept on disk: the best this many by eval loss (the newest ones without a valid_path), plus "
+        "the latest, which a resume starts from, when it is not among them."))
     save_optimizer_state: bool = Field(
         True,
         description="forgekit: false = checkpoints hold the model (or adapter) and tokenizer only, no optimizer, "

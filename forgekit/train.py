@@ -12,7 +12,7 @@ Features and the config fields that drive them (one place, top to bottom):
 - Stages: `initial_base_model_ckpt_path` (full weights) or `initial_adapter_model_ckpt_path` (LoRA adapter).
 - Outputs (`output_dir/<run_name>/`): config.yaml, manifest.json, metrics.jsonl (rank 0), checkpoints
   (`checkpoints/step-NNNNNN`, published by an atomic rename, the `num_checkpoints_to_keep` best by eval
-  loss kept by Ray), result.json.
+  loss kept by Ray, and the latest one, which a resume needs), result.json.
 - Resume: the same command with the same output dir continues from the last checkpoint (model, optimizer,
   scheduler, RNG, data position: the Trainer's own checkpoint format). Unset `run_name` is derived from
   the model and a hash of the config and data, so re-running the same command finds the same run.

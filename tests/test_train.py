@@ -412,6 +412,25 @@ def test_a_diverging_run_stops_with_the_step_and_what_to_change(ray_cluster, tin
     assert not read_metrics(run_dir, "final") and not (run_dir / "result.json").exists()
 
 
+def test_the_best_checkpoint_by_eval_loss_is_kept_when_later_ones_are_worse(ray_cluster, tiny_model_dir, data,
+                                                                            tmp_path):
+    """num_checkpoints_to_keep: 1 over six checkpoints, on a run whose eval loss turns worse after its best step:
+    the best one stays on disk and is result.json's best_checkpoint; Ray also keeps the latest (to resume)."""
+    from forgekit.config import load_config
+    from forgekit.train import finetune
+
+    cfg = config(tiny_model_dir, data, tmp_path / "runs", num_devices=1, deepspeed=None, learning_rate=3e-2,
+                 num_checkpoints_to_keep=1, checkpoint_and_evaluation_frequency={"unit": "steps", "frequency": 1})
+    result = finetune(load_config(cfg), progress=False)
+    losses = {r["step"]: r["eval_loss"] for r in read_metrics(result["run_dir"], "eval") if r["step"] > 0}
+    best, last = min(losses, key=losses.get), max(losses)
+    assert sorted(losses) == [1, 2, 3, 4, 5, 6]
+    assert losses[last] > losses[best], f"precondition: the eval loss must turn worse after its best step: {losses}"
+    assert [c.name for c in list_checkpoints(result["run_dir"])] == [f"step-{best:06d}", f"step-{last:06d}"]
+    assert Path(result["best_checkpoint"]).name == f"step-{best:06d}" and result["best_eval_loss"] == losses[best]
+    assert Path(result["last_checkpoint"]).name == f"step-{last:06d}"
+
+
 def test_deepspeed_bf16_overflow_scan_is_off_unless_the_json_sets_it(tmp_path):
     from forgekit.config import load_config
     from forgekit.train import deepspeed_config
