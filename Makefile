@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.forgekit-installed
 QUICKSTART ?= training_configs/quickstart/smollm2-135m-lora-cpu.yaml
 # where torch comes from: unset = pip's index; a CPU-only machine off this project's mirror wants
-# TORCH_INDEX=https://download.pytorch.org/whl/cpu (PyPI's Linux torch wheel brings the CUDA libraries)
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu (PyPI's Linux torch wheel brings the CUDA libraries).
+# It applies when the venv is built: on an existing one, `rm -rf .venv` first.
 TORCH_INDEX ?=
 
 .PHONY: quickstart test install data lint clean-runs

@@ -147,19 +147,42 @@ LOCAL_CLUSTER_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAI
 CLASSIFICATION_EVAL_KEYS = ("eval_accuracy", "eval_f1", "eval_prauc")
 
 
+# whether this process's Ray cluster is one init_ray started here (not one attached to, nor one the caller started)
+_started_local_cluster = False
+
+
+def _local_accelerator_labels() -> dict[str, float]:
+    """The memory-specific A100 label (`accelerator_type:A100-40G` / `A100-80G`) of this machine's GPUs.
+
+    Ray labels every A100 node `accelerator_type:A100` and leaves the memory-specific labels to be added by hand
+    (`ray.util.accelerators`); LLMForge's configs (and forgekit's 1x/8xA100-80G ones) ask for `A100-80G`. A local
+    cluster forgekit starts adds it, so those configs run on an A100 machine as they would on their cluster.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    props = torch.cuda.get_device_properties(0)
+    if "A100" not in props.name:
+        return {}
+    return {f"accelerator_type:A100-{'80G' if props.total_memory > 60 * 2**30 else '40G'}": 1.0}
+
+
 def init_ray(address: str | None = None, num_devices: int = 1) -> None:
     """Connect to a Ray cluster (`address`, else `$RAY_ADDRESS`) or start a quiet local one; no-op if connected.
 
     A local cluster has the dashboard off, `max(cpu_count, num_devices)` CPUs (so 2 CPU workers fit a
-    2-core laptop), every local GPU, and Ray Train's preemption watcher off with a 0.5 s worker poll (set
+    2-core laptop), every local GPU (an A100 also labelled `A100-40G` / `A100-80G`), and Ray Train's preemption watcher off with a 0.5 s worker poll (set
     `RAY_TRAIN_ENABLE_PREEMPTION_WATCHER` / `RAY_TRAIN_HEALTH_CHECK_INTERVAL_S` to choose otherwise; on a cluster
     you attach to, Ray's defaults apply unless you set them).
     """
+    global _started_local_cluster
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    _started_local_cluster = False
     # workers inherit these: quiet libraries, and no tokenizer thread pools fighting over a laptop's cores
     env = {
         "TOKENIZERS_PARALLELISM": "false",
@@ -188,12 +211,14 @@ def init_ray(address: str | None = None, num_devices: int = 1) -> None:
             ray.init(
                 num_cpus=cpus,
                 num_gpus=gpus,
+                resources=_local_accelerator_labels(),
                 include_dashboard=False,
                 logging_level=logging.ERROR,
                 log_to_driver=_verbose(),  # worker output goes to run_dir/logs/; errors reach the driver as exceptions
                 configure_logging=True,
                 runtime_env=runtime_env,
             )
+            _started_local_cluster = True
             return
         except Exception as e:  # Ray gives a busy machine 30 s to start its node, then gives up
             if "timed out during startup" not in str(e) or attempt == 4:
@@ -219,7 +244,8 @@ def cluster_fit_problems(cfg: FinetuneConfig, use_gpu: bool, have: dict[str, flo
 
     Ray does not fail a request it cannot meet: it waits for the resources to appear, which on a fixed cluster (one
     machine, say) is forever. The common case is a config copied from another GPU type: LLMForge's configs ask for
-    `worker_resources: {accelerator_type:A100-80G: 0.001}`, which an H100 machine never has.
+    `worker_resources: {accelerator_type:A100-80G: 0.001}`, which an H100 machine never has (and a Ray cluster's
+    A100 nodes only when labelled so by hand; a local cluster forgekit starts labels its A100s itself).
     """
     need, n = _worker_resources(cfg, use_gpu), cfg.num_devices
     problems = []
@@ -231,6 +257,8 @@ def cluster_fit_problems(cfg: FinetuneConfig, use_gpu: bool, have: dict[str, flo
             fit = int(avail // per_worker)
             hint = (f"lower num_devices to at most {fit}" if fit else
                     "run on a machine with a GPU, or set use_gpu: false" if key == "GPU" else "add nodes")
+            if key == "CPU":  # a local cluster has max(cores, num_devices) CPUs as its first run asked
+                hint += " (in a notebook, ray.shutdown() first lets the next run size a new local cluster)"
             problems.append(f"num_devices: {n} {'GPU' if use_gpu else 'CPU'} workers need {total:g} {key}, "
                             f"the Ray cluster has {avail:g}; {hint}")
             continue
@@ -381,7 +409,8 @@ def finetune(
     cfg = _absolute_paths(cfg)  # workers run in another directory
     init_ray(address, cfg.num_devices)
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else _cluster_has_gpus(address)
-    _check_cluster_fits(cfg, use_gpu, attached=bool(address or os.environ.get("RAY_ADDRESS")))
+    # a cluster forgekit did not start (an address, or the caller's own ray.init()) may autoscale: warn only
+    _check_cluster_fits(cfg, use_gpu, attached=not _started_local_cluster)
     _check_logger(cfg)  # a missing package fails here, not in every worker after Ray started
     prepared = prepare_data(cfg, use_gpu=use_gpu)
     cfg = prepared.resolved

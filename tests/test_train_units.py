@@ -310,3 +310,25 @@ def test_an_unmet_worker_resource_fails_a_local_run_and_warns_on_an_attached_clu
     with pytest.raises(ConfigError, match=r"num_devices: 2 GPU workers need 2 GPU, the Ray cluster has 0; run on "
                                           r"a machine with a GPU, or set use_gpu: false"):
         train._check_cluster_fits(_cfg(tmp_path, use_gpu=True), True, attached=False)
+
+
+@pytest.mark.parametrize(("name", "gib", "label"), [("NVIDIA A100-SXM4-80GB", 79.2, "accelerator_type:A100-80G"),
+                                                    ("NVIDIA A100 80GB PCIe", 79.2, "accelerator_type:A100-80G"),
+                                                    ("NVIDIA A100-SXM4-40GB", 39.4, "accelerator_type:A100-40G"),
+                                                    ("NVIDIA H100 80GB HBM3", 79.1, None)])
+def test_a_local_cluster_labels_its_a100s_with_their_memory_as_llmforge_configs_ask(monkeypatch, name, gib, label):
+    """Ray labels every A100 `A100`; the 1xA100-80G configs ask for `A100-80G`, which a local cluster adds."""
+    import types
+
+    import torch
+
+    from forgekit import train
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: types.SimpleNamespace(name=name, total_memory=int(gib * 2**30)))
+    assert train._local_accelerator_labels() == ({label: 1.0} if label else {})
+    cfg = load_config(REPO / "training_configs/custom/meta-llama--Meta-Llama-3.1-8B-Instruct/lora/1xA100-80G-4096.yaml")
+    have = {"CPU": 16.0, "GPU": 1.0, f"accelerator_type:{name.split()[1].split('-')[0]}": 1.0,
+            **train._local_accelerator_labels()}
+    assert (train.cluster_fit_problems(cfg, True, have) == []) == (label == "accelerator_type:A100-80G")
