@@ -453,30 +453,33 @@ PREFERENCE_NOT_YET = "task: preference_tuning is accepted by the schema but not 
 
 
 def load_config(
-    source: str | os.PathLike | dict,
+    source: str | os.PathLike | dict | FinetuneConfig,
     overrides: list[str] | tuple[str, ...] | dict[str, Any] = (),
     default: bool = False,
 ) -> FinetuneConfig:
     """Load, override and validate a config.
 
     Args:
-        source: a YAML path or a dict of config keys.
+        source: a YAML path, a dict of config keys, or a loaded config (re-validated with the overrides; the
+            values derived for it stay marked derived unless an override changes them).
         overrides: dotted `key=value` strings (command line) or a {dotted_key: value} dict.
         default: LLMForge's default mode: only `model_id` and `train_path` are required; LoRA rank 8 on all
-            linear layers unless `lora_config` is given.
+            linear layers unless `lora_config` is given. (A loaded config keeps the mode it was loaded in.)
 
     Raises:
         ConfigError: every problem found, each with its dotted key.
     """
-    name = None
-    if isinstance(source, dict):
+    name, derived = None, set()
+    if isinstance(source, FinetuneConfig):
+        data, derived, default = source.model_dump(mode="json", exclude_unset=True), source.derived, False
+    elif isinstance(source, dict):
         data = dict(source)
     else:
         path = Path(source)
         name = str(path)
         data = _read_yaml(path)
-    data = apply_overrides(data, overrides)
-    derived = set()
+    before, data = data, apply_overrides(data, overrides)
+    derived -= {k for k in data if data[k] != before.get(k)}  # an overridden value is the user's, not derived
     if default:
         user_lora = data.get("lora_config")
         if not user_lora:

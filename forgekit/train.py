@@ -135,12 +135,6 @@ def deepspeed_config(cfg: FinetuneConfig, *, bf16: bool | None = None) -> dict[s
     return ds
 
 
-def _cluster_has_gpus(address: str | None) -> bool:
-    import ray
-
-    return ray.cluster_resources().get("GPU", 0) > 0
-
-
 # Ray Train settings for a cluster forgekit starts on this machine (see init_ray)
 LOCAL_CLUSTER_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 # what a classification evaluation reports (classifier_config.eval_metrics), as the Trainer names it
@@ -396,19 +390,15 @@ def finetune(
         TrainingError: a worker failed (its error message is included).
         TrainingDiverged: the loss or gradient norm stopped being finite (the run stopped there, not retried).
     """
-    if isinstance(config, FinetuneConfig):
-        cfg = config
-        if overrides:  # re-validated with the overrides; values derived before stay marked unless overridden
-            cfg = load_config(config.model_dump(mode="json", exclude_unset=True), overrides)
-            keys = overrides if isinstance(overrides, dict) else [o.split("=", 1)[0] for o in overrides]
-            cfg._derived = config.derived - {k.strip().split(".")[0] for k in keys}
-    else:
-        cfg = load_config(config, overrides, default=default)
+    loaded = isinstance(config, FinetuneConfig) and not overrides
+    cfg = config if loaded else load_config(config, overrides, default=default)
     from forgekit.prepare import prepare_data
 
     cfg = _absolute_paths(cfg)  # workers run in another directory
     init_ray(address, cfg.num_devices)
-    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else _cluster_has_gpus(address)
+    import ray
+
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     # a cluster forgekit did not start (an address, or the caller's own ray.init()) may autoscale: warn only
     _check_cluster_fits(cfg, use_gpu, attached=not _started_local_cluster)
     _check_logger(cfg)  # a missing package fails here, not in every worker after Ray started

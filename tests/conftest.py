@@ -22,25 +22,16 @@ def embedded_model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir: Path) -> Path:
-    """A 2-layer random LlamaForCausalLM (~3.2M params) with SmolLM2's tokenizer, built once per session."""
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    """A 2-layer random LlamaForCausalLM (~3.2M params) with SmolLM2's tokenizer, built once per session.
+
+    Built from the embedded model, or from `$FORGEKIT_TINY_SOURCE` (a folder with SmolLM2's config.json and
+    tokenizer files) where that is set: the GPU tier's hosts lack the embedded model's package.
+    """
     from forgekit.testing import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), source=embedded_model_dir)
-
-
-@pytest.fixture(scope="session")
-def gpu_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The GPU tier's tiny model: as `tiny_model_dir`, built from `$FORGEKIT_TINY_SOURCE` (a folder with SmolLM2's
-    config.json and tokenizer files) on a GPU host that lacks the embedded model's package."""
-    from forgekit.testing import build_tiny_model
-
-    source = os.environ.get("FORGEKIT_TINY_SOURCE")
-    if not source:
-        from forgekit.models import fetch_model
-
-        source = fetch_model()
-    return build_tiny_model(tmp_path_factory.mktemp("gpu-tiny"), source=source)
+    source = os.environ.get("FORGEKIT_TINY_SOURCE") or request.getfixturevalue("embedded_model_dir")
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), source=source)
 
 
 @pytest.fixture(scope="session")

@@ -142,7 +142,7 @@ def _config(tmp: Path, model_dir: Path, **over) -> Path:
 
 
 @pytest.mark.parametrize(("zero", "lora"), [(2, True), (3, False)])
-def test_finetune_through_ray_and_deepspeed(tmp_path, gpu_tiny_model, zero, lora):
+def test_finetune_through_ray_and_deepspeed(tmp_path, tiny_model_dir, zero, lora):
     from forgekit.runs import list_checkpoints, read_metrics
     from forgekit.train import finetune
 
@@ -151,7 +151,7 @@ def test_finetune_through_ray_and_deepspeed(tmp_path, gpu_tiny_model, zero, lora
             "run_name": f"zero{zero}", "profile_steps": [3, 5]}
     if not lora:
         over |= {"lora_config": None, "learning_rate": 1e-3}
-    result = finetune(_config(tmp_path, gpu_tiny_model, **over), progress=False)
+    result = finetune(_config(tmp_path, tiny_model_dir, **over), progress=False)
     train = read_metrics(result["run_dir"], kind="train")
     assert result["steps"] == 8 and len(train) == 8
     assert all(r["peak_memory_gb"] > 0 and r["tokens_per_second"] > 0 for r in train)
@@ -171,7 +171,7 @@ def test_finetune_through_ray_and_deepspeed(tmp_path, gpu_tiny_model, zero, lora
     assert (ckpt / weights).exists(), sorted(p.name for p in ckpt.iterdir())
 
 
-def test_a_diverging_zero2_bf16_run_stops_at_that_step(tmp_path, gpu_tiny_model):
+def test_a_diverging_zero2_bf16_run_stops_at_that_step(tmp_path, tiny_model_dir):
     """ZeRO-2's bf16 overflow scan is off (forgekit's default), so forgekit's own check must stop the run."""
     import math
 
@@ -179,14 +179,14 @@ def test_a_diverging_zero2_bf16_run_stops_at_that_step(tmp_path, gpu_tiny_model)
     from forgekit.train import TrainingDiverged, finetune
 
     with pytest.raises(TrainingDiverged, match=r"training diverged at step \d+: .*Lower learning_rate") as info:
-        finetune(_config(tmp_path, gpu_tiny_model, learning_rate=1e30, max_steps=6, train_batch_size_per_device=2,
+        finetune(_config(tmp_path, tiny_model_dir, learning_rate=1e30, max_steps=6, train_batch_size_per_device=2,
                          gradient_accumulation_steps=1, run_name="d"), progress=False)
     rows = read_metrics(tmp_path / "runs" / "d", kind="train")
     assert len(rows) < 6 and str(rows[-1]["step"]) in str(info.value)
     assert not (math.isfinite(rows[-1]["loss"]) and math.isfinite(rows[-1]["grad_norm"]))
 
 
-def test_packed_loss_equals_unpacked_loss_through_finetune(tmp_path, gpu_tiny_model):
+def test_packed_loss_equals_unpacked_loss_through_finetune(tmp_path, tiny_model_dir):
     from forgekit.runs import read_metrics
     from forgekit.train import finetune
 
@@ -198,7 +198,7 @@ def test_packed_loss_equals_unpacked_loss_through_finetune(tmp_path, gpu_tiny_mo
         # step 2 the loss after one update (so the gradients must match too)
         over = {"packing": packing, "max_steps": 2, "train_batch_size_per_device": 64,
                 "gradient_accumulation_steps": 1, "run_name": "p", "num_epochs": 2}
-        result = finetune(_config(d, gpu_tiny_model, **over), progress=False)
+        result = finetune(_config(d, tiny_model_dir, **over), progress=False)
         losses[packing] = [r["loss"] for r in read_metrics(result["run_dir"], kind="train")]
     assert len(losses[True]) == len(losses[False]) == 2
     # one bf16 rounding of the mean loss is 2**-9 relative; allow four
@@ -206,7 +206,7 @@ def test_packed_loss_equals_unpacked_loss_through_finetune(tmp_path, gpu_tiny_mo
         assert b == pytest.approx(a, rel=2.0**-7)
 
 
-def test_resume_after_kill_continues_like_an_uninterrupted_run(tmp_path, gpu_tiny_model):
+def test_resume_after_kill_continues_like_an_uninterrupted_run(tmp_path, tiny_model_dir):
     from forgekit.runs import list_checkpoints, read_metrics
     from forgekit.train import finetune
 
@@ -214,10 +214,10 @@ def test_resume_after_kill_continues_like_an_uninterrupted_run(tmp_path, gpu_tin
             "checkpoint_and_evaluation_frequency": {"unit": "steps", "frequency": 4}, "num_checkpoints_to_keep": 10}
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    full = finetune(_config(tmp_path / "a", gpu_tiny_model, run_name="r", **over), progress=False)
+    full = finetune(_config(tmp_path / "a", tiny_model_dir, run_name="r", **over), progress=False)
     uninterrupted = {r["step"]: r["loss"] for r in read_metrics(full["run_dir"], kind="train")}
 
-    cfg_b = _config(tmp_path / "b", gpu_tiny_model, run_name="r", **over)
+    cfg_b = _config(tmp_path / "b", tiny_model_dir, run_name="r", **over)
     run_dir = tmp_path / "b" / "runs" / "r"
     code = f"from forgekit.train import finetune; finetune({str(cfg_b)!r}, progress=False)"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, start_new_session=True)

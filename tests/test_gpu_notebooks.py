@@ -31,9 +31,9 @@ def _on_gpu(result: dict) -> None:
     assert 0 < result["mfu"] < 1 and 0 < result["peak_memory_gb"] < 140
 
 
-def test_readme_with_gpu_parameters(gpu_tiny_model, tmp_path):
+def test_readme_with_gpu_parameters(tiny_model_dir, tmp_path):
     root = tmp_path / "run"
-    run_notebook("README.ipynb", {"RUN_ROOT": str(root), "MODEL_ID": str(gpu_tiny_model), "GPU": True,
+    run_notebook("README.ipynb", {"RUN_ROOT": str(root), "MODEL_ID": str(tiny_model_dir), "GPU": True,
                                   "OVERRIDES": ["max_steps=2"], "MAX_NEW_TOKENS": 8}, tmp_path, gpu=True)
     run_dir = root / "first-finetune"
     result = read_result(run_dir)
@@ -48,10 +48,10 @@ def test_readme_with_gpu_parameters(gpu_tiny_model, tmp_path):
     assert (root / "loss.png").stat().st_size > 10_000
 
 
-def test_function_calling_with_gpu_parameters(gpu_tiny_model, tmp_path):
+def test_function_calling_with_gpu_parameters(tiny_model_dir, tmp_path):
     root = tmp_path / "run"
     run_notebook("end_to_end_examples/fine_tune_function_calling/fine_tune_function_calling.ipynb", {
-        "RUN_ROOT": str(root), "MODEL_ID": str(gpu_tiny_model), "GPU": True, "N_TRAIN": 16, "N_VALID": 4,
+        "RUN_ROOT": str(root), "MODEL_ID": str(tiny_model_dir), "GPU": True, "N_TRAIN": 16, "N_VALID": 4,
         "N_TEST": 4, "TRAIN_OVERRIDES": ["max_steps=2"], "EVAL_BATCH_SIZE": 8,
     }, tmp_path, gpu=True)
     results = json.loads((root / "results" / "function_calling_results.json").read_text())
@@ -64,10 +64,10 @@ def test_function_calling_with_gpu_parameters(gpu_tiny_model, tmp_path):
     _on_gpu(read_result(root / "runs" / "function-calling"))
 
 
-def test_optimize_cost_shows_mfu_and_gpu_memory(gpu_tiny_model, tmp_path):
+def test_optimize_cost_shows_mfu_and_gpu_memory(tiny_model_dir, tmp_path):
     root = tmp_path / "run"
     run_notebook("cookbooks/optimize_cost/optimize_cost.ipynb", {
-        "RUN_ROOT": str(root), "MODEL_ID": str(gpu_tiny_model), "NUM_DEVICES": 1, "TRAIN_STEPS": 3,
+        "RUN_ROOT": str(root), "MODEL_ID": str(tiny_model_dir), "NUM_DEVICES": 1, "TRAIN_STEPS": 3,
         "PRICE_PER_HOUR": 3.0, "VARIANTS": {"baseline": [], "packing": ["packing=true"],
                                             "zero_2": ["deepspeed.config_path=../../deepspeed_configs/zero_2.json"]},
     }, tmp_path, gpu=True)
@@ -81,10 +81,10 @@ def test_optimize_cost_shows_mfu_and_gpu_memory(gpu_tiny_model, tmp_path):
         assert all(0 < r["mfu"] < 1 and r["peak_memory_gb"] > 0 for r in train)
 
 
-def test_lora_vs_full_reports_gpu_memory(gpu_tiny_model, tmp_path):
+def test_lora_vs_full_reports_gpu_memory(tiny_model_dir, tmp_path):
     root = tmp_path / "run"
     run_notebook("cookbooks/lora_vs_full/lora_vs_full.ipynb", {
-        "RUN_ROOT": str(root), "MODEL_ID": str(gpu_tiny_model), "NUM_DEVICES": 1, "TRAIN_STEPS": 3, "EVAL_EVERY": 3,
+        "RUN_ROOT": str(root), "MODEL_ID": str(tiny_model_dir), "NUM_DEVICES": 1, "TRAIN_STEPS": 3, "EVAL_EVERY": 3,
     }, tmp_path, gpu=True)
     lora, full = json.loads((root / "comparison.json").read_text())
     for row, run in ((lora, "lora"), (full, "full")):
