@@ -243,6 +243,14 @@ class FinetuneConfig(_Strict):
         description="forgekit: torch.compile each decoder layer (GPU, ZeRO 0-2). Off by default: with torch 2.11 it "
         "fails inside Ray + DeepSpeed workers (benchmarks/results/README.md).",
     )
+    supervised_logits: bool = Field(
+        True,
+        description="forgekit: compute the output layer and the loss only at positions that are trained (labels not "
+        "-100), for the plain decoder architectures (Llama, Mistral, Qwen2/3, Phi-3, OLMo, SmolLM3, StarCoder2, "
+        "Gemma); the same loss, without the tokens x vocabulary logits of the prompts (SmolLM2 LoRA on a CPU: "
+        "benchmarks/results/README.md). Not used with Liger's fused cross-entropy, which skips them itself, nor "
+        "for classification. Off only to compare.",
+    )
     lora_config: dict[str, Any] | None = Field(
         None, description="peft LoraConfig keywords; unset = full fine-tuning (LoRA r=8 in default mode)."
     )

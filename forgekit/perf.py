@@ -19,6 +19,8 @@ reports what it did; none changes what the model computes beyond floating-point 
 - :func:`pad_packed_batch`: pad a flattened packed batch to a multiple of a block size (fewer recompiles).
 - :func:`fused_optimizer_name`: the fused AdamW of PyTorch where it is available.
 - :func:`lora_sum_in_fp32`: under CPU bf16 autocast, add each LoRA update to its layer's output in fp32.
+- :func:`supervised_logits_only`: compute the output layer and the loss at supervised positions only (where
+  Liger's fused cross-entropy is not in use): the same loss, without the ``tokens x vocab`` logits of prompts.
 - :func:`zero3_buckets`: DeepSpeed ZeRO-3 bucket sizes of one decoder layer (fewer, larger collectives).
 """
 
@@ -45,6 +47,7 @@ __all__ = [
     "pick_attention",
     "register_varlen_attention",
     "set_activation_checkpointing",
+    "supervised_logits_only",
     "varlen_attention_forward",
     "varlen_available",
     "varlen_kwargs",
@@ -517,3 +520,58 @@ def lora_sum_in_fp32(model: Any) -> int:
             module.base_layer._forgekit_fp32_sum = True  # once per layer, however often this is called
             count += 1
     return count
+
+
+#: Model types whose causal-LM forward is exactly "decoder → lm_head → self.loss_function(logits, labels)", with
+#: no logit soft-capping or scaling and no auxiliary loss (checked against transformers 5.23's modeling files;
+#: gemma2/3, granite, cohere and the mixture-of-experts models are not).
+PLAIN_CAUSAL_LM_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "smollm3",
+                                   "starcoder2", "gemma"})
+
+
+def supervised_logits_only(model: Any) -> bool:
+    """Compute the output layer and the loss at supervised positions only, when labels are given.
+
+    With completions-only labels most positions of a training row are prompt (-100) whose logits the loss
+    ignores, yet the model's forward computes the ``tokens x vocab`` logits for all of them: for a small model
+    with a large vocabulary (SmolLM2: 49,152 x 576) that output layer and its cross-entropy are a large share of
+    the step, and its fp32 logits the largest tensor in memory. The patched forward runs the decoder as before,
+    keeps the hidden states whose shifted label is not -100, and applies the output layer and the model's own
+    ``loss_function`` (with ``shift_labels``) to those: the same loss and gradients, up to summation order.
+    Without labels (generation) the original forward runs. Only for :data:`PLAIN_CAUSAL_LM_TYPES`; the
+    returned ``logits`` are those of the kept positions, ``[1, n, vocab]``, so not for tasks that read them
+    (classification metrics). Liger's fused linear cross-entropy, where applied, already skips the logits.
+
+    Returns:
+        Whether the model was patched.
+    """
+    import torch
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    inner = _base_model(model)
+    if getattr(inner.config, "model_type", None) not in PLAIN_CAUSAL_LM_TYPES:
+        return False
+    if getattr(inner, "_forgekit_supervised_logits", False):
+        return True
+    original = inner.forward
+    decoder, head = inner.get_decoder(), inner.get_output_embeddings()
+
+    def forward(input_ids: Any = None, attention_mask: Any = None, position_ids: Any = None,
+                past_key_values: Any = None, inputs_embeds: Any = None, labels: Any = None, use_cache: Any = None,
+                logits_to_keep: Any = 0, **kwargs: Any) -> Any:
+        if labels is None or "shift_labels" in kwargs:
+            return original(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels,
+                            use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)
+        out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
+        shifted = torch.nn.functional.pad(labels, (0, 1), value=-100)[..., 1:]  # position t predicts token t+1
+        keep = shifted != -100
+        logits = head(out.last_hidden_state[keep])[None]
+        loss = inner.loss_function(logits=logits, labels=None, vocab_size=inner.config.vocab_size,
+                                   shift_labels=shifted[keep][None], **kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+
+    inner.forward = forward
+    inner._forgekit_supervised_logits = True
+    return True

@@ -646,11 +646,15 @@ def _train_worker(wc: dict[str, Any]) -> None:
     buckets = perf.zero3_buckets(ds, model) if ds else {}
     # bf16 autocast on a CPU: LoRA updates added to the layer outputs in fp32, not rounded away in bf16
     fp32_sums = perf.lora_sum_in_fp32(model) if cpu_autocast and cfg.lora_config else 0
+    # logits and loss at supervised positions only (Liger's fused loss already skips them; classification reads
+    # the logits of every row)
+    supervised_logits = (cfg.supervised_logits and not liger and cfg.task != "classification"
+                         and perf.supervised_logits_only(model))
     if compile_layers:
         perf.compile_decoder_layers(model, dynamic=True)
     levers = {"attention": attn, "liger": liger, "checkpointed_layers": checkpointed,
               "compiled": bool(compile_layers), "packing": packed, "pad_to_multiple_of": 1 if packed else multiple,
-              "zero_stage": zero_stage, **buckets,
+              "zero_stage": zero_stage, "supervised_logits": supervised_logits, **buckets,
               **({"lora_fp32_sums": fp32_sums} if fp32_sums else {})}
     if rank == 0:
         print(f"forgekit levers: {levers}", flush=True)

@@ -184,3 +184,60 @@ def test_lora_sum_in_fp32_keeps_small_updates_under_cpu_autocast():
     assert torch.allclose(kept - 1.0, torch.full_like(kept, 1e-4), rtol=1e-2)
     with torch.no_grad():  # without autocast nothing changes: fp32 in, fp32 out
         assert torch.allclose(model(x), kept, atol=1e-6)
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_supervised_logits_only_same_loss_and_gradients(lora):
+    """Logits at supervised positions only: the loss and every gradient as the full forward, generation untouched."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    def model_pair():
+        base = tiny().train()
+        if lora:
+            base = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+        return base, copy.deepcopy(base)
+
+    full, selective = model_pair()
+    assert perf.supervised_logits_only(selective) is True
+    assert perf.supervised_logits_only(selective) is True  # patched once
+    g = torch.Generator().manual_seed(2)
+    # a padded batch of two rows and a packed row of four examples; prompts (-100) at the start of each example
+    padded = {"input_ids": torch.randint(0, CFG["vocab_size"], (2, 24), generator=g),
+              "attention_mask": torch.ones(2, 24, dtype=torch.long)}
+    padded["attention_mask"][1, 17:] = 0
+    padded["labels"] = padded["input_ids"].clone()
+    padded["labels"][:, :9] = -100
+    padded["labels"][1, 17:] = -100
+    row = packed(examples())
+    row["labels"] = row["input_ids"].clone()
+    for start, n in zip(torch.tensor([0, *LENGTHS]).cumsum(0)[:-1].tolist(), LENGTHS, strict=True):
+        row["labels"][0, start:start + n // 2 + 1] = -100  # the first half (and the boundary token) unsupervised
+    for batch, items in ((padded, None), (row, None), (padded, torch.tensor(40))):
+        kwargs = {} if items is None else {"num_items_in_batch": items}
+        for m in (full, selective):
+            m.zero_grad()
+        ref = full(**batch, **kwargs).loss
+        got = selective(**batch, **kwargs)
+        assert torch.allclose(got.loss, ref, rtol=1e-6, atol=1e-7), (got.loss, ref)
+        n_supervised = int((batch["labels"][:, 1:] != -100).sum())
+        assert got.logits.shape == (1, n_supervised, CFG["vocab_size"])
+        ref.backward()
+        got.loss.backward()
+        grads = [(n, p.grad, q.grad) for (n, p), q in zip(full.named_parameters(), selective.parameters(), strict=True)
+                 if p.requires_grad]
+        assert grads and all(a is not None and torch.allclose(a, b, rtol=1e-5, atol=1e-7) for _, a, b in grads), \
+            [n for n, a, b in grads if not torch.allclose(a, b, rtol=1e-5, atol=1e-7)]
+    with torch.no_grad():  # no labels (generation, evaluation scoring): the original forward
+        ids = padded["input_ids"]
+        assert torch.equal(full(input_ids=ids).logits, selective(input_ids=ids).logits)
+
+
+def test_supervised_logits_only_skips_models_with_other_heads():
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    model = Gemma2ForCausalLM(Gemma2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                           vocab_size=97))
+    assert perf.supervised_logits_only(model) is False  # soft-capped logits: not the plain forward

@@ -174,6 +174,7 @@ def test_two_workers_train_and_write_the_run_directory(runs, stage, lora):
     levers = json.loads((run_dir / "result.json").read_text())["levers"]
     assert (levers.get("reduce_bucket_size", 0) > 0) == (stage == "zero_3"), levers
     assert levers["pad_to_multiple_of"] == 64  # CPU workers: few batch shapes (config.pad_to_multiple_of)
+    assert levers["supervised_logits"] is True  # perf.supervised_logits_only: no Liger on a CPU
     # checkpoints: the 2 best by eval loss kept, published under checkpoints/, HF format + tokenizer
     names = [c.name for c in list_checkpoints(run_dir)]
     assert names == ["step-000003", "step-000006"]
@@ -460,6 +461,7 @@ def test_classification_accuracy_is_reported(ray_cluster, tiny_model_dir, data, 
     evals = read_metrics(result["run_dir"], "eval")
     assert all(0.0 <= r[k] <= 1.0 for r in evals for k in ("eval_accuracy", "eval_f1", "eval_prauc"))
     assert result["eval_accuracy"] == evals[-1]["eval_accuracy"]
+    assert result["levers"]["supervised_logits"] is False  # its metrics read the logits of every row
     # 8 validation examples, one label token each: the accuracy is a multiple of 1/8
     assert evals[-1]["eval_accuracy"] * 8 == pytest.approx(round(evals[-1]["eval_accuracy"] * 8))
 
