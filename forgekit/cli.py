@@ -54,13 +54,13 @@ def _summary(manifest: dict) -> str:
 def cmd_validate(args: argparse.Namespace) -> int:
     from forgekit.batching import describe_batch
     from forgekit.prepare import prepare_data
-    from forgekit.train import deepspeed_config, run_name_for
+    from forgekit.train import deepspeed_config, known_bf16, run_name_for
 
     cfg = _load(args)
     prepared = prepare_data(cfg)
     r = prepared.resolved
-    # the DeepSpeed file exists, parses and agrees with the YAML (as finetune checks; precision too for CPU runs)
-    deepspeed_config(r, bf16=False if r.use_gpu is False else None)
+    # the DeepSpeed file exists, parses and agrees with the YAML (as finetune checks; precision where it is known)
+    deepspeed_config(r, bf16=known_bf16(r, r.use_gpu))
     print(f"# {args.config}: valid ({'default' if args.default else 'custom'} mode). Resolved config:")
     print(format_config(r), end="")
     print("# " + _summary(prepared.manifest).replace("\n", "\n# "))

@@ -72,6 +72,17 @@ def run_name_for(cfg: FinetuneConfig, data_key: str) -> str:
     return f"{model}-{'lora' if cfg.lora_config else 'full'}-{digest}"
 
 
+def known_bf16(cfg: FinetuneConfig, use_gpu: bool | None) -> bool | None:
+    """Whether the workers will hold bf16 weights, where the config alone decides it (None: the worker does).
+
+    CPU workers and `precision: fp32` train fp32 weights (a CPU's `bf16` is autocast over fp32 weights); `bf16` on
+    GPUs trains bf16 (a GPU without it fails on the worker); `auto` on GPUs depends on the GPU.
+    """
+    if use_gpu is False or cfg.precision == "fp32":
+        return False
+    return True if use_gpu and cfg.precision == "bf16" else None
+
+
 def deepspeed_config(cfg: FinetuneConfig, *, bf16: bool | None = None) -> dict[str, Any] | None:
     """The DeepSpeed config of a run: `deepspeed.config_path` with "auto" fields filled from `cfg`.
 
@@ -121,7 +132,8 @@ def deepspeed_config(cfg: FinetuneConfig, *, bf16: bool | None = None) -> dict[s
             if have == "auto":
                 section["enabled"] = want
             elif bool(have) != want:
-                device = "this device supports bf16" if bf16 else "this run trains in fp32 (CPU or no bf16 support)"
+                device = ("this run trains in bf16" if bf16
+                          else "this run trains in fp32 (CPU workers, precision: fp32, or a GPU without bf16)")
                 problems.append(f"deepspeed.config_path: {path}: {key}.enabled={have}, but {device}; set it to \"auto\"")
     if bf16 and "check_grad_overflow" not in ds["bf16"] and ds.get("zero_optimization", {}).get("stage", 0) in (1, 2):
         # ZeRO-1/2's bf16 overflow check scans every gradient tensor one by one (~8 small kernels each, 448
@@ -162,6 +174,24 @@ def _local_accelerator_labels() -> dict[str, float]:
     return {f"accelerator_type:A100-{'80G' if props.total_memory > 60 * 2**30 else '40G'}": 1.0}
 
 
+def unreachable(address: str, timeout: float = 5.0) -> str | None:
+    """Why nothing answers at a Ray cluster address (`host:port` or `ray://host:port`), or None.
+
+    None too for addresses Ray resolves itself (`auto`, `local`, a bare host): only a TCP connection to the given
+    port is tried, which is what a cluster's head (GCS or Ray Client server) accepts.
+    """
+    import socket
+
+    host, sep, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return None
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return None
+    except OSError as e:
+        return e.strerror or str(e) or type(e).__name__
+
+
 def init_ray(address: str | None = None, num_devices: int = 1) -> None:
     """Connect to a Ray cluster (`address`, else `$RAY_ADDRESS`) or start a quiet local one; no-op if connected.
 
@@ -190,6 +220,11 @@ def init_ray(address: str | None = None, num_devices: int = 1) -> None:
     }
     runtime_env = {"env_vars": {k: os.environ.get(k, v) for k, v in env.items()}}
     if address:
+        why = unreachable(address)
+        if why:  # ray.init would retry for minutes, printing GCS time-outs
+            source = "RAY_ADDRESS" if address == os.environ.get("RAY_ADDRESS") else "--address"
+            raise ConfigError([f"{source}={address}: no Ray cluster answers there ({why}); start one with "
+                               "`ray start --head`, or unset it to let forgekit start a local cluster"])
         ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING, log_to_driver=_verbose())
         return
     # a cluster of its own, on this machine: nothing drains its node, so Ray Train's preemption watcher (one more
@@ -404,8 +439,8 @@ def finetune(
     _check_logger(cfg)  # a missing package fails here, not in every worker after Ray started
     prepared = prepare_data(cfg, use_gpu=use_gpu)
     cfg = prepared.resolved
-    # fail on contradictions before any worker starts; CPU workers train in fp32 (bf16 is a GPU worker's choice)
-    deepspeed_config(cfg, bf16=None if use_gpu else False)
+    # fail on contradictions before any worker starts (precision "auto" on a GPU is decided on the worker)
+    deepspeed_config(cfg, bf16=known_bf16(cfg, use_gpu))
     log.info("forgekit: %s", describe_batch(cfg.train_batch_size_per_device, cfg.gradient_accumulation_steps,
                                             cfg.num_devices))
     run_name = run_name_for(cfg, prepared.manifest["cache_key"])

@@ -235,5 +235,51 @@ def test_validate_finds_a_bf16_deepspeed_file_for_a_cpu_run(workdir, capsys):
     ds.write_text(json.dumps({"zero_optimization": {"stage": 2}, "bf16": {"enabled": True}}))
     code, _, err = run(capsys, "validate", workdir / "cfg.yaml", "use_gpu=false", f"deepspeed.config_path={ds}")
     assert code == 2 and f"{ds}: bf16.enabled=True, but this run trains in fp32" in err, err
+    # precision: fp32 decides it on any device; on GPUs, precision: bf16 contradicts a file that enables fp16
+    code, _, err = run(capsys, "validate", workdir / "cfg.yaml", "precision=fp32", f"deepspeed.config_path={ds}")
+    assert code == 2 and f"{ds}: bf16.enabled=True, but this run trains in fp32" in err, err
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 2}, "fp16": {"enabled": True}}))
+    code, _, err = run(capsys, "validate", workdir / "cfg.yaml", "use_gpu=true", "precision=bf16",
+                       f"deepspeed.config_path={ds}")
+    assert code == 2 and f"{ds}: fp16.enabled=True, but this run trains in bf16" in err, err
     ds.write_text(json.dumps({"zero_optimization": {"stage": 2}, "bf16": {"enabled": "auto"}}))
     assert run(capsys, "validate", workdir / "cfg.yaml", "use_gpu=false", f"deepspeed.config_path={ds}")[0] == 0
+
+
+@pytest.mark.parametrize("how", ["--address", "RAY_ADDRESS"])
+def test_finetune_names_an_address_where_no_cluster_answers(workdir, capsys, monkeypatch, how):
+    """An address with nothing listening fails in seconds, naming where it came from (Ray would retry for minutes)."""
+    import socket
+
+    import ray
+
+    with socket.socket() as s:  # a free port, closed again: connections to it are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh process, whatever the suite started
+    monkeypatch.setattr(ray, "init", lambda **kw: pytest.fail(f"ray.init called: {kw}"))
+    address = f"127.0.0.1:{port}"
+    if how == "RAY_ADDRESS":
+        monkeypatch.setenv("RAY_ADDRESS", address)
+        argv = ["finetune", workdir / "cfg.yaml"]
+    else:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        argv = ["finetune", workdir / "cfg.yaml", "--address", address]
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and f"{how}={address}: no Ray cluster answers there" in err, err
+    assert "Traceback" not in out + err
+
+
+def test_unreachable_tries_only_host_port_addresses():
+    import socket
+
+    from forgekit.train import unreachable
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert unreachable(f"127.0.0.1:{port}") is None
+        assert unreachable(f"ray://127.0.0.1:{port}") is None
+    assert unreachable(f"127.0.0.1:{port}")  # closed now: refused
+    assert unreachable("auto") is None and unreachable("local") is None and unreachable("head-node") is None
