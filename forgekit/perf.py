@@ -538,13 +538,16 @@ def supervised_logits_only(model: Any) -> bool:
     the step, and its fp32 logits the largest tensor in memory. The patched forward runs the decoder as before,
     keeps the hidden states whose shifted label is not -100, and applies the output layer and the model's own
     ``loss_function`` (with ``shift_labels``) to those: the same loss and gradients, up to summation order.
-    Without labels (generation) the original forward runs. Only for :data:`PLAIN_CAUSAL_LM_TYPES`; the
-    returned ``logits`` are those of the kept positions, ``[1, n, vocab]``, so not for tasks that read them
-    (classification metrics). Liger's fused linear cross-entropy, where applied, already skips the logits.
+    Without labels (generation), with ``shift_labels`` or ``return_dict=False`` the original forward runs; a
+    model whose forward is already replaced on the instance is left alone. Only for
+    :data:`PLAIN_CAUSAL_LM_TYPES`; the returned ``logits`` are those of the kept positions, ``[1, n, vocab]``, so
+    not for tasks that read them (classification metrics). Liger's fused linear cross-entropy, where applied, already skips the logits.
 
     Returns:
         Whether the model was patched.
     """
+    import types
+
     import torch
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -553,25 +556,29 @@ def supervised_logits_only(model: Any) -> bool:
         return False
     if getattr(inner, "_forgekit_supervised_logits", False):
         return True
-    original = inner.forward
-    decoder, head = inner.get_decoder(), inner.get_output_embeddings()
+    if "forward" in vars(inner):  # already patched on the instance (Liger's loss, accelerate's device hooks)
+        return False
+    original = type(inner).forward  # the class's: a bound method here would follow the model into deepcopies
 
-    def forward(input_ids: Any = None, attention_mask: Any = None, position_ids: Any = None,
+    def forward(self: Any, input_ids: Any = None, attention_mask: Any = None, position_ids: Any = None,
                 past_key_values: Any = None, inputs_embeds: Any = None, labels: Any = None, use_cache: Any = None,
                 logits_to_keep: Any = 0, **kwargs: Any) -> Any:
-        if labels is None or "shift_labels" in kwargs:
-            return original(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+        if labels is None or "shift_labels" in kwargs or kwargs.get("return_dict", True) is False:
+            return original(self, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                             past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels,
                             use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)
-        out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                      past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
-        shifted = torch.nn.functional.pad(labels, (0, 1), value=-100)[..., 1:]  # position t predicts token t+1
+        out = self.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                 past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                                 **kwargs)
+        hidden = out.last_hidden_state
+        shifted = torch.nn.functional.pad(labels.to(hidden.device), (0, 1), value=-100)[..., 1:]  # t predicts t+1
         keep = shifted != -100
-        logits = head(out.last_hidden_state[keep])[None]
-        loss = inner.loss_function(logits=logits, labels=None, vocab_size=inner.config.vocab_size,
-                                   shift_labels=shifted[keep][None], **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        logits = self.get_output_embeddings()(hidden[keep])[None]
+        loss = self.loss_function(logits=logits, labels=None, vocab_size=self.config.vocab_size,
+                                  shift_labels=shifted[keep][None], **kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
+                                      hidden_states=out.hidden_states, attentions=out.attentions)
 
-    inner.forward = forward
+    inner.forward = types.MethodType(forward, inner)  # bound to the instance: a deepcopy re-binds it to the copy
     inner._forgekit_supervised_logits = True
     return True

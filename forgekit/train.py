@@ -182,6 +182,8 @@ def unreachable(address: str, timeout: float = 5.0) -> str | None:
     """
     import socket
 
+    if address.startswith(("http://", "https://")):  # a dashboard (jobs API) address: ray.init explains that
+        return None
     host, sep, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
     if not sep or not port.isdigit() or not host:
         return None
@@ -683,7 +685,8 @@ def _train_worker(wc: dict[str, Any]) -> None:
     fp32_sums = perf.lora_sum_in_fp32(model) if cpu_autocast and cfg.lora_config else 0
     # logits and loss at supervised positions only (Liger's fused loss already skips them; classification reads
     # the logits of every row)
-    supervised_logits = (cfg.supervised_logits and not liger and cfg.task != "classification"
+    liger_loss = liger and cfg.liger_kernel.kwargs.get("fused_linear_cross_entropy", True)
+    supervised_logits = (cfg.supervised_logits and not liger_loss and cfg.task != "classification"
                          and perf.supervised_logits_only(model))
     if compile_layers:
         perf.compile_decoder_layers(model, dynamic=True)

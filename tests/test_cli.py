@@ -283,3 +283,4 @@ def test_unreachable_tries_only_host_port_addresses():
         assert unreachable(f"ray://127.0.0.1:{port}") is None
     assert unreachable(f"127.0.0.1:{port}")  # closed now: refused
     assert unreachable("auto") is None and unreachable("local") is None and unreachable("head-node") is None
+    assert unreachable(f"http://127.0.0.1:{port}") is None  # a dashboard address: ray.init says what to set

@@ -232,6 +232,16 @@ def test_supervised_logits_only_same_loss_and_gradients(lora):
     with torch.no_grad():  # no labels (generation, evaluation scoring): the original forward
         ids = padded["input_ids"]
         assert torch.equal(full(input_ids=ids).logits, selective(input_ids=ids).logits)
+        # tuples as the original returns them; hidden states passed through
+        as_tuple = selective(**padded, return_dict=False)
+        assert isinstance(as_tuple, tuple) and torch.allclose(as_tuple[0], full(**padded).loss)
+        hidden = selective(**padded, output_hidden_states=True).hidden_states
+        assert hidden is not None and torch.equal(hidden[-1], full(**padded, output_hidden_states=True).hidden_states[-1])
+        # a deep copy (a reference model, say) computes with its own weights
+        twin = copy.deepcopy(selective)
+        for q in twin.parameters():
+            q.add_(0.5)
+        assert not torch.allclose(twin(**padded).loss, selective(**padded).loss)
 
 
 def test_supervised_logits_only_skips_models_with_other_heads():
