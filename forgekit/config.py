@@ -246,8 +246,8 @@ class FinetuneConfig(_Strict):
     supervised_logits: bool = Field(
         True,
         description="forgekit: compute the output layer and the loss only at positions that are trained (labels not "
-        "-100), for the plain decoder architectures (Llama, Mistral, Qwen2/3, Phi-3, OLMo, SmolLM3, StarCoder2, "
-        "Gemma); the same loss, without the tokens x vocabulary logits of the prompts (SmolLM2 LoRA on a CPU: "
+        "-100), for the plain decoder architectures (forgekit.perf.PLAIN_CAUSAL_LM_TYPES: Llama, Mistral, Qwen, ...); "
+        "the same loss, without the tokens x vocabulary logits of the prompts (SmolLM2 LoRA on a CPU: "
         "benchmarks/results/README.md). Not used with Liger's fused cross-entropy, which skips them itself, nor "
         "for classification. Off only to compare.",
     )

@@ -20,7 +20,7 @@ reports what it did; none changes what the model computes beyond floating-point 
 - :func:`fused_optimizer_name`: the fused AdamW of PyTorch where it is available.
 - :func:`lora_sum_in_fp32`: under CPU bf16 autocast, add each LoRA update to its layer's output in fp32.
 - :func:`supervised_logits_only`: compute the output layer and the loss at supervised positions only (where
-  Liger's fused cross-entropy is not in use): the same loss, without the ``tokens x vocab`` logits of prompts.
+  Liger's fused cross-entropy has not replaced the forward): the same loss, without the prompts' logits.
 - :func:`zero3_buckets`: DeepSpeed ZeRO-3 bucket sizes of one decoder layer (fewer, larger collectives).
 """
 
@@ -538,10 +538,11 @@ def supervised_logits_only(model: Any) -> bool:
     the step, and its fp32 logits the largest tensor in memory. The patched forward runs the decoder as before,
     keeps the hidden states whose shifted label is not -100, and applies the output layer and the model's own
     ``loss_function`` (with ``shift_labels``) to those: the same loss and gradients, up to summation order.
-    Without labels (generation), with ``shift_labels`` or ``return_dict=False`` the original forward runs; a
-    model whose forward is already replaced on the instance is left alone. Only for
-    :data:`PLAIN_CAUSAL_LM_TYPES`; the returned ``logits`` are those of the kept positions, ``[1, n, vocab]``, so
-    not for tasks that read them (classification metrics). Liger's fused linear cross-entropy, where applied, already skips the logits.
+    Without labels (generation), with ``shift_labels`` or ``return_dict=False`` the original forward runs. Only
+    for :data:`PLAIN_CAUSAL_LM_TYPES` with transformers' own forward: a forward replaced by another library
+    (Liger's fused linear cross-entropy, which never forms the logits either) is left alone. The returned
+    ``logits`` are those of the kept positions, ``[1, n, vocab]``, so not for tasks that read them
+    (classification metrics).
 
     Returns:
         Whether the model was patched.
@@ -556,9 +557,9 @@ def supervised_logits_only(model: Any) -> bool:
         return False
     if getattr(inner, "_forgekit_supervised_logits", False):
         return True
-    if "forward" in vars(inner):  # already patched on the instance (Liger's loss, accelerate's device hooks)
-        return False
     original = type(inner).forward  # the class's: a bound method here would follow the model into deepcopies
+    if "forward" in vars(inner) or not original.__module__.startswith("transformers."):
+        return False  # someone else's forward (Liger's fused loss, accelerate's device hooks): theirs stays
 
     def forward(self: Any, input_ids: Any = None, attention_mask: Any = None, position_ids: Any = None,
                 past_key_values: Any = None, inputs_embeds: Any = None, labels: Any = None, use_cache: Any = None,

@@ -683,10 +683,9 @@ def _train_worker(wc: dict[str, Any]) -> None:
     buckets = perf.zero3_buckets(ds, model) if ds else {}
     # bf16 autocast on a CPU: LoRA updates added to the layer outputs in fp32, not rounded away in bf16
     fp32_sums = perf.lora_sum_in_fp32(model) if cpu_autocast and cfg.lora_config else 0
-    # logits and loss at supervised positions only (Liger's fused loss already skips them; classification reads
-    # the logits of every row)
-    liger_loss = liger and cfg.liger_kernel.kwargs.get("fused_linear_cross_entropy", True)
-    supervised_logits = (cfg.supervised_logits and not liger_loss and cfg.task != "classification"
+    # logits and loss at supervised positions only (not where Liger's fused loss replaced the forward: the function
+    # leaves it; nor for classification, whose metrics read the logits of every row)
+    supervised_logits = (cfg.supervised_logits and cfg.task != "classification"
                          and perf.supervised_logits_only(model))
     if compile_layers:
         perf.compile_decoder_layers(model, dynamic=True)

@@ -251,3 +251,6 @@ def test_supervised_logits_only_skips_models_with_other_heads():
                                            num_attention_heads=2, num_key_value_heads=1, head_dim=16,
                                            vocab_size=97))
     assert perf.supervised_logits_only(model) is False  # soft-capped logits: not the plain forward
+    llama = tiny()
+    llama.forward = lambda **kw: None  # another library's forward (Liger's fused loss, say): left as it is
+    assert perf.supervised_logits_only(llama) is False
