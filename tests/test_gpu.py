@@ -171,6 +171,26 @@ def test_finetune_through_ray_and_deepspeed(tmp_path, tiny_model_dir, zero, lora
     assert (ckpt / weights).exists(), sorted(p.name for p in ckpt.iterdir())
 
 
+def test_neftune_noise_reaches_training_and_not_evaluation(tmp_path, tiny_model_dir):
+    """neftune_noise_alpha on the GPU path (ZeRO-2, bf16, LoRA): the noise changes the loss of the first step
+    (computed before any update, so only the noise can change it) and leaves the evaluation before training as it is."""
+    from forgekit.runs import read_metrics
+    from forgekit.train import finetune
+
+    first = {}
+    for alpha in (None, 15.0):
+        d = tmp_path / f"alpha-{alpha}"
+        d.mkdir()
+        over = {"neftune_noise_alpha": alpha, "max_steps": 1, "train_batch_size_per_device": 8,
+                "gradient_accumulation_steps": 1, "run_name": "n", "valid_path": str(_counting_data(d / "valid.jsonl"))}
+        result = finetune(_config(d, tiny_model_dir, **over), progress=False)
+        first[alpha] = (read_metrics(result["run_dir"], kind="eval")[0], read_metrics(result["run_dir"], kind="train")[0])
+    (eval_off, train_off), (eval_on, train_on) = first[None], first[15.0]
+    assert eval_on["step"] == eval_off["step"] == 0 and train_on["step"] == train_off["step"] == 1
+    assert eval_on["eval_loss"] == pytest.approx(eval_off["eval_loss"], rel=1e-6)  # same kernels, same numbers
+    assert abs(train_on["loss"] - train_off["loss"]) > 1e-3, (train_on["loss"], train_off["loss"])
+
+
 def test_a_diverging_zero2_bf16_run_stops_at_that_step(tmp_path, tiny_model_dir):
     """ZeRO-2's bf16 overflow scan is off (forgekit's default), so forgekit's own check must stop the run."""
     import math
