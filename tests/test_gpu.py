@@ -11,6 +11,7 @@ wheels from ``benchmarks/make_test_wheels.sh`` on an offline host).
   runs, learns, checkpoints, reports GPU figures.
 - Packed == unpacked through ``finetune``: with the whole data set in one optimizer step, the logged loss of
   step 1 (before any update) and of step 2 (after one update, so the gradients agree too) match.
+- NEFTune (``neftune_noise_alpha``) changes the first training step's loss and not the evaluation before it.
 - A diverging ZeRO-2 bf16 run (DeepSpeed's overflow scan off) stops at the step its loss stopped being finite.
 - Resume: a run killed after its first checkpoint and started again continues with the same losses as a
   run that was never interrupted.
