@@ -17,7 +17,6 @@ RECIPES.json: `[{"name": ..., "n_train": 400, "mix": {...} or null, "overrides":
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import time
 from pathlib import Path
@@ -62,8 +61,7 @@ def main() -> None:
         unknown = [k for k in constants if not hasattr(datagen, k)]
         if unknown:
             raise SystemExit(f"{a.recipes}: recipe {rec['name']!r}: datagen has no constant {unknown[0]!r}")
-        # set for this recipe's data, restored after (patch.multiple refuses an empty set)
-        with mock.patch.multiple(datagen, **constants) if constants else contextlib.nullcontext():
+        with mock.patch.dict(vars(datagen), constants):  # set for this recipe's data, restored after
             paths = write_tool_calling_dataset(data_dir, rec.get("n_train", 400), 40, a.n_test,
                                                seed=rec.get("seed", 0), mix=mix)
         line = {"name": rec["name"], "n_train": rec.get("n_train", 400), "mix": mix, "overrides": rec["overrides"],

@@ -8,9 +8,9 @@ set the two variables to Ray's defaults to compare:
     python benchmarks/startup_overhead.py                       # forgekit's local-cluster settings
     RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=1 RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=2 python benchmarks/startup_overhead.py
 
-`make install` removes rfc3987-syntax (see the Makefile): with it, every Ray process spends 1.3 s importing it
-(2026-12-02, 2 cores: cluster up 8.7 s, runs 24.0 / 18.9 / 20.4 s; without: 4.3 s, 15.2 / 13.1 / 12.8 s). The
-first line printed says which case was measured; `pip install --no-deps rfc3987-syntax==1.1.0` to compare.
+`make install` removes rfc3987-syntax (see the Makefile; figures with and without it: benchmarks/results/README.md,
+eleventh session). The first line printed says which case was measured; `pip install --no-deps
+rfc3987-syntax==1.1.0` to compare.
 
 Prints one line per run (the first also pays for the cluster's first worker processes; later ones are the
 steady cost) and needs the embedded model's tokenizer (`forgekit models fetch smollm2-135m-instruct`).
