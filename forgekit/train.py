@@ -11,8 +11,8 @@ Features and the config fields that drive them (one place, top to bottom):
   `attn_implementation`; `liger_kernel`; rope scaling when `context_length` exceeds the model's maximum.
 - Stages: `initial_base_model_ckpt_path` (full weights) or `initial_adapter_model_ckpt_path` (LoRA adapter).
 - Outputs (`output_dir/<run_name>/`): config.yaml, manifest.json, metrics.jsonl (rank 0), checkpoints
-  (`checkpoints/step-NNNNNN`, published by an atomic rename, the `num_checkpoints_to_keep` best by eval
-  loss kept by Ray, and the latest one, which a resume needs), result.json.
+  (`checkpoints/step-NNNNNN`: every node's part gathered, then published by an atomic rename; the
+  `num_checkpoints_to_keep` best by eval loss kept by Ray, and the latest one, which a resume needs), result.json.
 - Resume: the same command with the same output dir continues from the last checkpoint (model, optimizer,
   scheduler, RNG, data position: the Trainer's own checkpoint format). Unset `run_name` is derived from
   the model and a hash of the config and data, so re-running the same command finds the same run.
@@ -219,6 +219,7 @@ def init_ray(address: str | None = None, num_devices: int = 1) -> None:
         "FORGEKIT_VERBOSE": "0",
         "FORGEKIT_SLOW_STEP_SECONDS": "0",
         "FORGEKIT_TEST_DIE_ONCE_AFTER_STEP": "",
+        "FORGEKIT_TEST_WORKER_PER_NODE": "",
     }
     runtime_env = {"env_vars": {k: os.environ.get(k, v) for k, v in env.items()}}
     if address:
@@ -713,9 +714,14 @@ def _train_worker(wc: dict[str, Any]) -> None:
         checkpoint = ray.train.Checkpoint(path=wc["resume_from"])
     # one per run directory: two runs of the same name in different output_dirs must not share (and clear) it
     where = hashlib.sha256(str(run_dir).encode()).hexdigest()[:8]
+    if os.environ.get("FORGEKIT_TEST_WORKER_PER_NODE"):
+        where += f"-w{rank}"  # a node of its own (see _node_local_rank)
     staging = Path(tempfile.gettempdir()) / "forgekit-staging" / f"{run_dir.name}-{where}-{os.getuid()}"
-    if ctx.get_local_rank() == 0:
+    if _node_local_rank(ctx) == 0:
         shutil.rmtree(staging, ignore_errors=True)
+    if rank == 0:  # parts gathered by an interrupted attempt (before the first save's barrier, so before any copy)
+        for stale in (run_dir / CHECKPOINTS).glob(".tmp-step-*"):
+            shutil.rmtree(stale, ignore_errors=True)
     report_to, logging_dir = _logger_setup(cfg, run_dir)
     if logging_dir:  # transformers 5 dropped TrainingArguments.logging_dir; its TensorBoard callback reads this
         os.environ["TENSORBOARD_LOGGING_DIR"] = logging_dir
@@ -801,13 +807,13 @@ def _train_worker(wc: dict[str, Any]) -> None:
             step = json.loads((Path(ckpt_dir) / "trainer_state.json").read_text())["global_step"]
             reporter.reset_metrics(after_step=step)
             local = staging / f"checkpoint-{step}"
-            if ctx.get_local_rank() == 0 and not local.exists():
+            if _node_local_rank(ctx) == 0 and not local.exists():
                 shutil.copytree(ckpt_dir, local)
             _barrier()
             trainer.train(resume_from_checkpoint=str(local))
     reporter.finish(trainer)
     _barrier()
-    if ctx.get_local_rank() == 0:
+    if _node_local_rank(ctx) == 0:
         shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -1017,20 +1023,35 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _node_local_rank(ctx: Any) -> int:
+    """This worker's rank among the workers of its node (Ray groups workers by node IP).
+
+    FORGEKIT_TEST_WORKER_PER_NODE=1 (tests only) makes every worker act as the first of a node of its own, with
+    its own staging dir, so that one machine exercises what a multi-node run does with checkpoints.
+    """
+    return 0 if os.environ.get("FORGEKIT_TEST_WORKER_PER_NODE") else ctx.get_local_rank()
+
+
+def _publishing_dir(run_dir: Path, step: int) -> Path:
+    """Where every node's part of checkpoint `step` is gathered before the checkpoint is renamed into place."""
+    return run_dir / CHECKPOINTS / f".tmp-step-{step:06d}"
+
+
 def _publish(checkpoint: Any, dir_name: str) -> Any:
-    """Ray upload function: copy a checkpoint next to its final place, then rename it in (never half-visible)."""
+    """Ray upload function (world rank 0, storage on a local or shared file system): rename the gathered
+    checkpoint into place, so that it appears whole, with every node's part, or not at all."""
     import ray.train
 
     storage = ray.train.get_context().get_storage()
     target = Path(storage.experiment_fs_path) / dir_name
-    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(checkpoint.path, tmp)
-    if target.exists():  # another node already published its part: merge ours in
-        shutil.copytree(tmp, target, dirs_exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+    gathered = Path(checkpoint.path)
+    if target.exists():  # left by an interrupted attempt that got this far: replace it, never merge into it
+        old = target.parent / f".old-{target.name}-{os.getpid()}"
+        os.replace(target, old)
+        os.replace(gathered, target)
+        shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(tmp, target)
+        os.replace(gathered, target)
     return ray.train.Checkpoint(path=str(target))
 
 
@@ -1039,7 +1060,7 @@ def _reporter_class() -> type:
     from transformers import TrainerCallback
 
     class _Reporter(TrainerCallback):
-        """Rank 0 writes metrics.jsonl; every node's local rank 0 publishes checkpoints through Ray."""
+        """Rank 0 writes metrics.jsonl; checkpoints are published through Ray (on_save)."""
 
         def __init__(self, run_dir, rank, world, max_steps, every, model, cfg, packed, trainable, total, on_gpu, precision):
             self.run_dir, self.rank, self.world, self.max_steps, self.every = run_dir, rank, world, max_steps, every
@@ -1156,25 +1177,43 @@ def _reporter_class() -> type:
                 control.should_evaluate = args.eval_strategy != "no"
 
         def on_save(self, args, state, control, **kwargs):
+            """Publish checkpoint-N as `checkpoints/step-N`: never visible half-written, on one node or many.
+
+            On a local or shared file system, the first worker of every node copies its node's part (the Trainer
+            wrote each rank's shards on the rank's own node) into one gathering dir; after a barrier, world rank
+            0 reports it to Ray, whose upload function renames it into place. On remote storage (s3://, gs://)
+            each node's part is uploaded by Ray into the same prefix. Each node then deletes its local copy.
+            """
             import ray.train
 
             _barrier()  # every rank has written its shard of checkpoint-N
+            ctx = ray.train.get_context()
             local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             metrics = {"step": state.global_step}
             for row in reversed(state.log_history):
                 if "eval_loss" in row and row.get("step") == state.global_step:
                     metrics["eval_loss"] = row["eval_loss"]
                     break
-            publish = ray.train.get_context().get_local_rank() == 0 and local.exists()
-            if publish and self.generation_config is not None and not (local / "generation_config.json").exists():
+            first_on_node = _node_local_rank(ctx) == 0 and local.exists()
+            if first_on_node and self.generation_config is not None and not (local / "generation_config.json").exists():
                 self.generation_config.save_pretrained(local)
-            checkpoint = ray.train.Checkpoint.from_directory(str(local)) if publish else None
-            ray.train.report(
-                metrics,
-                checkpoint=checkpoint,
-                checkpoint_dir_name=f"{CHECKPOINTS}/step-{state.global_step:06d}",
-                checkpoint_upload_fn=_publish if _local_storage() else None,
-            )
+            dir_name = f"{CHECKPOINTS}/step-{state.global_step:06d}"
+            if _local_storage():
+                gathered = _publishing_dir(self.run_dir, state.global_step)
+                if first_on_node:
+                    if os.environ.get("FORGEKIT_TEST_WORKER_PER_NODE") and self.rank == 1:
+                        time.sleep(1.0)  # a slower node (see tests): nothing may be visible before its part is in
+                    shutil.copytree(local, gathered, dirs_exist_ok=True)
+                _barrier()  # every node's part is in
+                publish = self.rank == 0 and gathered.exists()
+                checkpoint = ray.train.Checkpoint.from_directory(str(gathered)) if publish else None
+                ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=dir_name,
+                                 checkpoint_upload_fn=_publish)
+            else:
+                checkpoint = ray.train.Checkpoint.from_directory(str(local)) if first_on_node else None
+                ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=dir_name)
+            if first_on_node:  # published: the Trainer rotates its output dir on world rank 0's node only
+                shutil.rmtree(local, ignore_errors=True)
             # testing aid: rank 1 (else 0) dies once after the checkpoint of step N, as a lost worker would; Ray's
             # FailureConfig restarts the workers, which resume from that checkpoint (see tests)
             die_at = os.environ.get("FORGEKIT_TEST_DIE_ONCE_AFTER_STEP")

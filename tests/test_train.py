@@ -372,15 +372,35 @@ def test_killed_run_resumes_to_the_same_final_loss(ray_cluster, tiny_model_dir, 
 
 def test_a_worker_lost_after_a_checkpoint_is_restarted_by_ray_and_resumes(runs, tiny_model_dir, data, tmp_path):
     """Ray's FailureConfig (max_failures 1): a worker dies after step 3's checkpoint; Ray restarts the worker group,
-    which resumes from that checkpoint, and the run ends exactly where an uninterrupted run does."""
+    which resumes from that checkpoint, and the run ends exactly where an uninterrupted run does.
+
+    Each worker acts as the only worker of its own node (FORGEKIT_TEST_WORKER_PER_NODE), as on a multi-node
+    cluster with shared storage: a checkpoint is gathered from both nodes' parts, the second node being a second
+    slower, and it must never be visible without that node's part (its ZeRO optimizer shard and RNG state, which
+    the resume needs).
+    """
     reference = runs[("zero_2", True)]  # the same config, run without interruption
     path = write_config(tmp_path / "cfg.yaml", config(tiny_model_dir, data, tmp_path / "runs", lora_config=LORA))
-    env = {**os.environ, "FORGEKIT_MAX_FAILURES": "1", "FORGEKIT_TEST_DIE_ONCE_AFTER_STEP": "3"}
-    env.pop("RAY_ADDRESS", None)  # its own cluster, whose workers inherit the variable
-    done = subprocess.run([*CLI, "finetune", str(path)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
+    env = {**os.environ, "FORGEKIT_MAX_FAILURES": "1", "FORGEKIT_TEST_DIE_ONCE_AFTER_STEP": "3",
+           "FORGEKIT_TEST_WORKER_PER_NODE": "1"}
+    env.pop("RAY_ADDRESS", None)  # its own cluster, whose workers inherit the variables
     run_dir = tmp_path / "runs" / Path(reference["run_dir"]).name
+    proc = subprocess.Popen([*CLI, "finetune", str(path)], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first_seen: dict[str, set[str]] = {}  # each checkpoint's files when it first appeared
+    deadline = time.time() + 600
+    while proc.poll() is None and time.time() < deadline:
+        for ckpt in list_checkpoints(run_dir):
+            if ckpt.name not in first_seen:
+                first_seen[ckpt.name] = {f.name for f in ckpt.rglob("*")}
+        time.sleep(0.01)
+    stderr = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 0, stderr[-3000:]
+    assert sorted(first_seen) == ["step-000003", "step-000006"]
+    for name, files in first_seen.items():
+        assert {"trainer_state.json", "rng_state_0.pth", "rng_state_1.pth"} <= files, (name, sorted(files))
+        assert any("zero_pp_rank_1_" in f for f in files) and any("zero_pp_rank_0_" in f for f in files), name
+    assert not list((run_dir / "checkpoints").glob(".tmp-*"))  # nothing left from the gathering
     assert (run_dir / ".forgekit-test-died").exists(), "the worker was meant to die once"
     want, got = _train_losses(Path(reference["run_dir"])), _train_losses(run_dir)
     assert sorted(got) == [1, 2, 3, 4, 5, 6]
