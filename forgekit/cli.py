@@ -53,14 +53,13 @@ def _summary(manifest: dict) -> str:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from forgekit.batching import describe_batch
-    from forgekit.prepare import prepare_data
-    from forgekit.train import deepspeed_config, known_bf16, run_name_for
+    from forgekit.train import prepare_checked, run_name_for
 
     cfg = _load(args)
-    prepared = prepare_data(cfg)
+    # the data, the model's tokenizer, and the DeepSpeed file (exists, parses, agrees with the YAML; precision where
+    # it is known), every problem of all three at once, as finetune checks them
+    prepared = prepare_checked(cfg, cfg.use_gpu)
     r = prepared.resolved
-    # the DeepSpeed file exists, parses and agrees with the YAML (as finetune checks; precision where it is known)
-    deepspeed_config(r, bf16=known_bf16(r, r.use_gpu))
     print(f"# {args.config}: valid ({'default' if args.default else 'custom'} mode). Resolved config:")
     print(format_config(r), end="")
     print("# " + _summary(prepared.manifest).replace("\n", "\n# "))

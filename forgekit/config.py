@@ -1,7 +1,9 @@
 """The fine-tuning config: an LLMForge-compatible YAML schema, validated strictly, every problem at once.
 
 Field names follow LLMForge so its YAML files validate unchanged; forgekit's additions are documented on
-the field. `load_config` reads a YAML file (or dict), applies dotted command-line overrides
+the field. LLMForge keys forgekit does not need (`dataset_size_scaling_factor`, `flash_attention_2`, the older
+`checkpoint_every_n_epochs`) are accepted and translated or dropped, each noted (`FinetuneConfig.notes`, printed
+by `forgekit validate`); `lora_config` is checked key by key against peft's `LoraConfig`. `load_config` reads a YAML file (or dict), applies dotted command-line overrides
 (`learning_rate=2e-4`, `lora_config.r=16`), and raises one `ConfigError` listing every problem with its
 dotted key, what was expected and a did-you-mean for misspelt keys.
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import functools
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -229,7 +232,11 @@ class FinetuneConfig(_Strict):
         "to the input embeddings while training (transformers' Trainer hook; evaluation and generation see none). "
         "5 is the paper's usual value; null: off.",
     )
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool = Field(
+        True,
+        description="Activation checkpointing: every decoder layer on CPU workers; on GPUs only as many layers as "
+        "the free memory needs (forgekit.perf.checkpoint_period; possibly none), logged as checkpointed_layers.",
+    )
     attn_implementation: Literal["auto", "varlen", "sdpa", "eager", "flex_attention", "flash_attention_2"] = Field(
         "auto",
         description="auto: PyTorch's varlen FlashAttention on CUDA GPUs (forgekit.perf), flex_attention for packed "
@@ -300,21 +307,36 @@ class FinetuneConfig(_Strict):
     logger: LoggerConfig | None = None
 
     _derived: set[str] = PrivateAttr(default_factory=set)
+    _notes: list[str] = PrivateAttr(default_factory=list)  # what load_config did with LLMForge-only keys
 
     @field_validator("lora_config")
     @classmethod
     def _lora_keys(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Every key a peft LoraConfig field, every value of that field's type; then peft's own checks."""
         if v is None:
             return v
         from peft import LoraConfig
 
         known = {f.name for f in dataclasses.fields(LoraConfig)}
-        bad = [k for k in v if k not in known]
-        if bad:
-            raise ValueError("; ".join(f"'{k}' is not a peft LoraConfig field{_did_you_mean(k, known)}" for k in bad))
-        r = v.get("r", 8)
-        if not isinstance(r, int) or r < 1:
-            raise ValueError(f"r must be a positive integer, got {r!r}")
+        problems = [f"lora_config.{k}: not a peft LoraConfig field{_did_you_mean(k, known, LORA_ALIASES)}"
+                    for k in v if k not in known]
+        checked = {}
+        for key, value in v.items():
+            checked[key], why = _lora_value(key, value) if key in known else (value, None)
+            if why:
+                problems.append(f"lora_config.{key}: {why}")
+        v = checked
+        if not problems:
+            import warnings
+
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    LoraConfig(**v)
+            except (ValueError, TypeError) as e:  # peft's own consistency checks (__post_init__)
+                problems.append(f"lora_config: {str(e).strip()}")
+        if problems:  # one problem per key (load_config splits them)
+            raise ValueError(" | ".join(problems))
         return v
 
     @model_validator(mode="before")
@@ -368,10 +390,76 @@ class FinetuneConfig(_Strict):
         """Names of fields whose values were derived rather than written by the user."""
         return set(self._derived)
 
+    @property
+    def notes(self) -> list[str]:
+        """What loading did with LLMForge-only keys (`flash_attention_2: false -> attn_implementation: sdpa`)."""
+        return list(self._notes)
 
-def _did_you_mean(word: str, choices: set[str] | list[str]) -> str:
+
+def _did_you_mean(word: str, choices: set[str] | list[str], aliases: dict[str, str] | None = None) -> str:
     match = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{match[0]}'?)" if match else ""
+    guess = (aliases or {}).get(word.lower()) or (match[0] if match else None)
+    return f" (did you mean '{guess}'?)" if guess else ""
+
+
+# names other tools give LoRA settings, and what peft calls them
+LORA_ALIASES = {"rank": "r", "lora_r": "r", "alpha": "lora_alpha", "dropout": "lora_dropout",
+                "target": "target_modules", "targets": "target_modules", "modules": "target_modules",
+                "lora_target_modules": "target_modules"}
+
+
+@functools.cache
+def _lora_field_type(key: str) -> tuple[Any, Any]:
+    """peft LoraConfig's annotation of `key` and a pydantic adapter checking it (None: pydantic cannot)."""
+    import typing
+
+    from peft import LoraConfig
+    from pydantic import TypeAdapter
+    from pydantic.errors import PydanticUserError
+
+    tp = typing.get_type_hints(LoraConfig)[key]
+    try:
+        return tp, TypeAdapter(tp)
+    except PydanticUserError:  # an annotation pydantic cannot build a schema for: peft checks it
+        return tp, None
+
+
+def _type_name(tp: Any) -> str:
+    """A type as a config reader knows it: `int`, `list of str or str`, `one of 'none', 'all'`."""
+    import typing
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is type(None):
+        return "null"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return " or ".join(_type_name(a) for a in args)
+    if origin in (list, tuple, set):
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin is dict:
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _lora_value(key: str, value: Any) -> tuple[Any, str | None]:
+    """`value` as peft LoraConfig's `key` takes it (its annotation, pydantic's lax mode: "0.1" -> 0.1), and why
+    it cannot be (None: it can)."""
+    if key == "init_lora_weights" and isinstance(value, str) and value.startswith("pissa_niter_"):
+        return value, None  # peft's annotation spells this family as one placeholder string
+    tp, adapter = _lora_field_type(key)
+    if adapter is None:
+        return value, None
+    try:
+        checked = adapter.validate_python(value)
+    except ValidationError:
+        return value, f"expected {_type_name(tp)} (got {value!r})"
+    if key == "lora_dropout" and not 0 <= checked < 1:
+        return value, f"expected a probability in [0, 1) (got {value!r})"
+    if key == "r" and checked < 1:
+        return value, f"expected a positive integer (got {value!r})"
+    # a type pydantic builds (an enum, a set) stays as written: the config must dump back to YAML
+    return (checked if type(checked) in (int, float, str, bool, list, dict, type(None)) else value), None
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> set[str]:
@@ -483,9 +571,10 @@ def load_config(
     Raises:
         ConfigError: every problem found, each with its dotted key.
     """
-    name, derived = None, set()
+    name, derived, earlier_notes = None, set(), []
     if isinstance(source, FinetuneConfig):
         data, derived, default = source.model_dump(mode="json", exclude_unset=True), source.derived, False
+        earlier_notes = source.notes
     elif isinstance(source, dict):
         data = dict(source)
     else:
@@ -494,6 +583,7 @@ def load_config(
         data = _read_yaml(path)
     before, data = data, apply_overrides(data, overrides)
     derived -= {k for k in data if data[k] != before.get(k)}  # an overridden value is the user's, not derived
+    data, notes, legacy_problems = _llmforge_only_keys(data)
     if default:
         user_lora = data.get("lora_config")
         if not user_lora:
@@ -510,8 +600,14 @@ def load_config(
         problems = []
         for err in errors:
             text = _describe(err, FinetuneConfig)
-            # cross-field checks arrive as one " | "-joined message at the top level
-            problems.extend(text.split(" | ") if text.startswith("(top level)") else [text])
+            key = ".".join(str(p) for p in err["loc"])
+            # cross-field checks arrive as one " | "-joined message at the top level; a field's own checks of
+            # its keys (lora_config) as one message whose parts name their dotted keys
+            if text.startswith(("(top level)", f"{key}: {key}")):
+                problems.extend(part.removeprefix(f"{key}: ") if part.startswith(f"{key}: {key}") else part
+                                for part in text.split(" | "))
+            else:
+                problems.append(text)
         problems = [p.removeprefix("(top level): ") for p in problems]
         if all(err["loc"] for err in errors):
             # pydantic skips the cross-field checks when a field is invalid; run them on the raw values too
@@ -525,11 +621,56 @@ def load_config(
                     problems.extend(str(x).split(" | "))
         if data.get("task") == "preference_tuning":
             problems.append(PREFERENCE_NOT_YET)
-        raise ConfigError(problems, name) from None
+        raise ConfigError(legacy_problems + problems, name) from None
     if cfg.task == "preference_tuning":
-        raise ConfigError([PREFERENCE_NOT_YET], name)
+        legacy_problems.append(PREFERENCE_NOT_YET)
+    if legacy_problems:
+        raise ConfigError(legacy_problems, name)
     cfg._derived = derived
+    cfg._notes = earlier_notes + notes
     return cfg
+
+
+def _llmforge_only_keys(data: dict) -> tuple[dict, list[str], list[str]]:
+    """LLMForge keys forgekit does not need, taken out of `data` (or translated): (data, notes, problems).
+
+    So that an LLMForge YAML copied as it is validates: `dataset_size_scaling_factor` (an internal Ray Data setting
+    of LLMForge's) is not used; `flash_attention_2: false` means `attn_implementation: sdpa` (true: forgekit picks
+    FlashAttention kernels on GPUs itself); `checkpoint_every_n_epochs: N` (LLMForge's older key) means
+    `checkpoint_and_evaluation_frequency: {unit: epochs, frequency: N}`; `preference_tuning_config` belongs to
+    `task: preference_tuning`, which is not supported yet.
+    """
+    data, notes, problems = dict(data), [], []
+    if "dataset_size_scaling_factor" in data:
+        value = data.pop("dataset_size_scaling_factor")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"dataset_size_scaling_factor: expected a number (got {value!r})")
+        notes.append("dataset_size_scaling_factor: an internal Ray Data setting of LLMForge's; not used")
+    if "flash_attention_2" in data:
+        value = data.pop("flash_attention_2")
+        if not isinstance(value, bool):
+            problems.append(f"flash_attention_2: expected true or false (got {value!r})")
+        elif not value and "attn_implementation" not in data:
+            data["attn_implementation"] = "sdpa"
+            notes.append("flash_attention_2: false -> attn_implementation: sdpa")
+        else:
+            notes.append("flash_attention_2: not used; attn_implementation chooses the attention kernels")
+    if "checkpoint_every_n_epochs" in data:
+        value = data.pop("checkpoint_every_n_epochs")
+        if "checkpoint_and_evaluation_frequency" in data:
+            problems.append("checkpoint_every_n_epochs: LLMForge's older form of checkpoint_and_evaluation_frequency;"
+                            " give only one of them")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            problems.append(f"checkpoint_every_n_epochs: expected a positive integer (got {value!r})")
+        else:
+            data["checkpoint_and_evaluation_frequency"] = {"unit": "epochs", "frequency": value}
+            notes.append(f"checkpoint_every_n_epochs: {value} -> checkpoint_and_evaluation_frequency: "
+                         f"{{unit: epochs, frequency: {value}}}")
+    if "preference_tuning_config" in data:
+        data.pop("preference_tuning_config")
+        if data.get("task") != "preference_tuning":  # (with it, the task's own message says it)
+            problems.append("preference_tuning_config: belongs to task: preference_tuning, which is not yet supported")
+    return data, notes, problems
 
 
 def with_derived(cfg: FinetuneConfig, **values: Any) -> FinetuneConfig:
@@ -553,11 +694,13 @@ def format_config(cfg: FinetuneConfig) -> str:
     """The config as YAML, every value shown; derived values marked `# derived`, values the workers settle
     (`DECIDED_ON_WORKER`, `liger_kernel.enabled`) marked with what they will be."""
     data = cfg.model_dump(mode="json")
-    lines = []
+    lines = [f"# LLMForge key {note}" for note in cfg.notes]
     for key, value in data.items():
         mark = "  # derived" if key in cfg.derived else ""
         if key in DECIDED_ON_WORKER and value in (None, "auto"):
             mark = f"  # on each worker: {DECIDED_ON_WORKER[key]}"
+        if key == "gradient_checkpointing" and value:
+            mark = "  # on each worker: every layer on CPUs; on GPUs as many layers as memory needs (maybe none)"
         if key == "liger_kernel" and value.get("enabled") is None:
             mark = "  # enabled on each worker: on GPUs when liger-kernel is installed"
         if isinstance(value, dict) and value:

@@ -29,6 +29,7 @@ class DataError(Exception):
     def __init__(self, problems: list[str], total: int | None = None):
         self.problems = list(problems)
         total = total if total is not None else len(problems)
+        self.total = total
         lines = [f"{total} problem(s) in the data; nothing was trained:"] + [f"  {p}" for p in self.problems]
         if total > len(self.problems):
             lines.append(f"  ... and {total - len(self.problems)} more")
@@ -166,7 +167,14 @@ def _read_text(path: str) -> str:
         if "data/generated/" in local.as_posix():  # the shipped samples, written by scripts/make_sample_data.py
             hint = " (the project's sample data: run `make data` in the repository root to write it)"
         raise DataError([f"{path}: file not found{hint}"])
-    return local.read_text(encoding="utf-8")
+    if local.is_dir():
+        raise DataError([f"{path}: a directory, not a data file (point it at a .jsonl file inside)"])
+    try:
+        return local.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError([f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); is it a JSONL file?"]) from None
+    except OSError as e:  # unreadable: permissions, a broken mount
+        raise DataError([f"{path}: cannot read: {e.strerror or e}"]) from None
 
 
 def _hf_records(name: str) -> list[Any]:

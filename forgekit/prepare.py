@@ -245,12 +245,35 @@ def _length_stats(lengths: list[int]) -> dict:
     }
 
 
+def read_data(cfg: FinetuneConfig) -> tuple[list, list | None]:
+    """The training and validation examples, read and validated; DataError with the problems of both files."""
+    examples, problems, total = {}, [], 0
+    for key in ("train_path", "valid_path"):
+        path = getattr(cfg, key)
+        if path:
+            try:
+                examples[key] = read_examples(path, cfg.task)
+            except DataError as e:
+                problems += e.problems
+                total += e.total
+    if problems:
+        raise DataError(problems, total=total)
+    return examples["train_path"], examples.get("valid_path")
+
+
+def data_problems(error: DataError) -> list[str]:
+    """A DataError's problems as config problems (with how many were left out)."""
+    more = error.total - len(error.problems)
+    return error.problems + ([f"... and {more} more data problems"] if more > 0 else [])
+
+
 def _build(cfg: FinetuneConfig, tok: Any, model_max: int | None, target: Path, key_parts: dict) -> dict:
     started = time.time()
-    train_rows, _ = _tokenize_all(read_examples(cfg.train_path, cfg.task), tok, cfg)
+    train, valid = read_data(cfg)
+    train_rows, _ = _tokenize_all(train, tok, cfg)
     valid_rows = None
-    if cfg.valid_path:
-        valid_rows, _ = _tokenize_all(read_examples(cfg.valid_path, cfg.task), tok, cfg)
+    if valid is not None:
+        valid_rows, _ = _tokenize_all(valid, tok, cfg)
     lengths = [len(r[0]) for r in train_rows]
     ctx = cfg.context_length or _pow2_context(lengths, model_max)
     policy = cfg.overlength if cfg.overlength != "auto" else ("truncate" if cfg.task == "causal_lm" else "drop")
@@ -379,10 +402,19 @@ def prepare_data(cfg: FinetuneConfig, *, use_gpu: bool | None = None, root: Path
         cfg = with_derived(cfg, packing=auto)
     try:
         tok = load_tokenizer(cfg)
-    except FormatError as e:
-        raise ConfigError([str(e)]) from None
+    except (FormatError, ConfigError) as e:  # the data's own problems are reported with it
+        problems = getattr(e, "problems", None) or [str(e)]
+        try:
+            read_data(cfg)
+        except DataError as data_error:
+            problems += data_problems(data_error)
+        raise ConfigError(problems) from None
     model_max = _model_max_length(cfg)
-    key, parts = _cache_key(cfg, tok, model_max)
+    try:
+        key, parts = _cache_key(cfg, tok, model_max)
+    except DataError:  # a file that cannot be read: with the other file's problems, if it has any
+        read_data(cfg)
+        raise
     target = (root or cache_root()) / "prepared" / key
     target.parent.mkdir(parents=True, exist_ok=True)
     if (target / "manifest.json").exists():

@@ -147,6 +147,30 @@ def deepspeed_config(cfg: FinetuneConfig, *, bf16: bool | None = None) -> dict[s
     return ds
 
 
+def prepare_checked(cfg: FinetuneConfig, use_gpu: bool | None) -> Any:
+    """`prepare_data`, then the DeepSpeed file against the resolved config; the DeepSpeed file's problems are
+    reported together with the data's and the model's (one ConfigError), not one stage at a time."""
+    from forgekit.data import DataError
+    from forgekit.prepare import data_problems, prepare_data
+
+    try:  # what the config as written already decides: the file exists, parses, and agrees with explicit values
+        deepspeed_config(cfg, bf16=known_bf16(cfg, use_gpu))
+        early: list[str] = []
+    except ConfigError as e:
+        early = e.problems
+    try:
+        prepared = prepare_data(cfg, use_gpu=use_gpu)
+    except (ConfigError, DataError) as e:
+        if not early:
+            raise
+        raise ConfigError(early + (data_problems(e) if isinstance(e, DataError) else e.problems)) from None
+    if early:
+        raise ConfigError(early)
+    # and with the derived values (precision "auto" on a GPU is decided on the worker)
+    deepspeed_config(prepared.resolved, bf16=known_bf16(prepared.resolved, use_gpu))
+    return prepared
+
+
 # Ray Train settings for a cluster forgekit starts on this machine (see init_ray)
 LOCAL_CLUSTER_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 # what a classification evaluation reports (classifier_config.eval_metrics), as the Trainer names it
@@ -430,8 +454,6 @@ def finetune(
     """
     loaded = isinstance(config, FinetuneConfig) and not overrides
     cfg = config if loaded else load_config(config, overrides, default=default)
-    from forgekit.prepare import prepare_data
-
     cfg = _absolute_paths(cfg)  # workers run in another directory
     init_ray(address, cfg.num_devices)
     import ray
@@ -440,10 +462,8 @@ def finetune(
     # a cluster forgekit did not start (an address, or the caller's own ray.init()) may autoscale: warn only
     _check_cluster_fits(cfg, use_gpu, attached=not _started_local_cluster)
     _check_logger(cfg)  # a missing package fails here, not in every worker after Ray started
-    prepared = prepare_data(cfg, use_gpu=use_gpu)
+    prepared = prepare_checked(cfg, use_gpu)
     cfg = prepared.resolved
-    # fail on contradictions before any worker starts (precision "auto" on a GPU is decided on the worker)
-    deepspeed_config(cfg, bf16=known_bf16(cfg, use_gpu))
     log.info("forgekit: %s", describe_batch(cfg.train_batch_size_per_device, cfg.gradient_accumulation_steps,
                                             cfg.num_devices))
     run_name = run_name_for(cfg, prepared.manifest["cache_key"])

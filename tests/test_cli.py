@@ -126,6 +126,28 @@ def test_data_problems_exit_2_with_file_and_line(workdir, capsys):
     assert "Traceback" not in err
 
 
+def test_validate_reports_the_model_the_data_and_the_deepspeed_file_at_once(workdir, capsys):
+    """Problems found after the schema (the model's tokenizer, both data files, the DeepSpeed file) are reported
+    in one go, not one stage per attempt."""
+    data = workdir / "train.jsonl"
+    data.write_text(data.read_text() + "not json\n")
+    (workdir / "no-model").mkdir()  # a directory without a tokenizer
+    cfg = workdir / "broken.yaml"
+    cfg.write_text(yaml.safe_dump({"model_id": str(workdir / "no-model"), "train_path": str(data),
+                                   "valid_path": str(workdir / "missing.jsonl"),
+                                   "deepspeed": {"config_path": str(workdir / "nope.json")}}))
+    code, _, err = run(capsys, "validate", cfg)
+    assert code == 2 and "Traceback" not in err
+    for fragment in (f"deepspeed.config_path: {workdir / 'nope.json'} not found",
+                     f"model_id: {workdir / 'no-model'}: cannot load its tokenizer",
+                     f"{data}:7: invalid JSON", f"{workdir / 'missing.jsonl'}: file not found"):
+        assert fragment in err, (fragment, err)
+    assert "4 problem(s)" in err
+    # with the model fixed: the data's and the DeepSpeed file's problems, still together
+    code, _, err = run(capsys, "validate", cfg, f"model_id={yaml.safe_load((workdir / 'cfg.yaml').read_text())['model_id']}")
+    assert code == 2 and "nope.json not found" in err and f"{data}:7: invalid JSON" in err and "missing.jsonl" in err
+
+
 def test_command_line_exit_codes_in_a_real_process(workdir, tmp_path):
     """The installed entry point: a bad config is one report and exit 2; the missing file too."""
     bad = tmp_path / "bad.yaml"

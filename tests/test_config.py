@@ -27,8 +27,7 @@ INVALID_CASES = {
         "did you mean 'frequency'?",
     ],
     "lora_misspelt_key.yaml": [
-        "lora_config:",
-        "'lora_alpah' is not a peft LoraConfig field",
+        "lora_config.lora_alpah: not a peft LoraConfig field",
         "did you mean 'lora_alpha'?",
     ],
     "bad_task.yaml": ["task:", "'causal_lm'", "'instruction_tuning'", "'classification'", "(got 'chat')"],
@@ -81,7 +80,7 @@ def test_all_problems_of_one_file_are_reported_at_once():
         "learnig_rate: unknown key (did you mean 'learning_rate'?)",
         "num_epochs: Input should be greater than or equal to 1",
         "padding: Input should be 'longest' or 'max_length'",
-        "lora_config: 'rank' is not a peft LoraConfig field",
+        "lora_config.rank: not a peft LoraConfig field (did you mean 'r'?)",
         # a cross-field check, reported even though field checks failed too
         "classifier_config.label_tokens is required when task is classification",
     ]
@@ -113,7 +112,14 @@ def test_several_cross_field_problems_are_all_reported():
          "classifier_config is only used with task"),
         ({"task": "classification", "classifier_config": {"label_tokens": ["<a>", "<a>"]}}, "must be unique"),
         ({"task": "classification", "classifier_config": {"label_tokens": ["<a>"]}}, "at least 2 items"),
-        ({"lora_config": {"r": 0}}, "r must be a positive integer"),
+        ({"lora_config": {"r": 0}}, "lora_config.r: expected a positive integer (got 0)"),
+        ({"lora_config": {"lora_alpha": "high"}}, "lora_config.lora_alpha: expected int (got 'high')"),
+        ({"lora_config": {"target_modules": 5}}, "lora_config.target_modules: expected list of str or str or null"),
+        ({"lora_config": {"lora_dropout": 2.0}}, "lora_config.lora_dropout: expected a probability in [0, 1)"),
+        ({"lora_config": {"bias": "sometimes"}},
+         "lora_config.bias: expected one of 'none', 'all', 'lora_only' (got 'sometimes')"),
+        # peft's own consistency checks, before any worker starts
+        ({"lora_config": {"layers_pattern": "layers"}}, "lora_config: When `layers_pattern` is specified"),
         ({"generation_config": {"prompt_format": {"usr": "{instruction}"}}},
          "generation_config.prompt_format.usr: unknown key (did you mean 'user'?)"),
         ({"learning_rate": "fast"}, "learning_rate: Input should be a valid number"),
@@ -150,6 +156,39 @@ def test_llmforge_config_validates_unchanged():
     assert cfg.logger.provider == "wandb" and cfg.logger.provider_config == {"project": "forge"}
     assert cfg.worker_resources == {"accelerator_type:A10G": 0.001}
     assert cfg.derived == set()  # custom mode derives nothing at load time
+    assert cfg.attn_implementation == "auto"  # flash_attention_2: true is what forgekit does on GPUs anyway
+    assert [n.split(":")[0] for n in cfg.notes] == ["dataset_size_scaling_factor", "flash_attention_2"]
+    assert format_config(cfg).startswith("# LLMForge key dataset_size_scaling_factor: ")
+
+
+def test_every_lora_config_problem_is_reported_under_its_own_key():
+    with pytest.raises(ConfigError) as info:
+        load_config({"model_id": "m", "train_path": "t", "seed": "x",
+                     "lora_config": {"rank": 8, "lora_alpha": "high", "bias": "sometimes"}})
+    assert sorted(p.split(":")[0] for p in info.value.problems) == [
+        "lora_config.bias", "lora_config.lora_alpha", "lora_config.rank", "seed"]
+    # values peft accepts pass, including the init_lora_weights family its annotation spells as a placeholder
+    cfg = load_config({"model_id": "m", "train_path": "t", "lora_config": {
+        "r": 8, "lora_alpha": 16.0, "target_modules": ["q_proj"], "init_lora_weights": "pissa_niter_4"}})
+    assert cfg.lora_config["init_lora_weights"] == "pissa_niter_4"
+
+
+def test_llmforge_only_keys_are_translated_or_reported():
+    base = {"model_id": "m", "train_path": "t"}
+    cfg = load_config({**base, "flash_attention_2": False, "checkpoint_every_n_epochs": 2})
+    assert cfg.attn_implementation == "sdpa"
+    assert (cfg.checkpoint_and_evaluation_frequency.unit, cfg.checkpoint_and_evaluation_frequency.frequency) == (
+        "epochs", 2)
+    assert load_config(cfg, ["seed=1"]).notes == cfg.notes  # a reloaded config keeps what was done
+    with pytest.raises(ConfigError) as info:
+        load_config({**base, "flash_attention_2": "yes", "dataset_size_scaling_factor": "big", "num_epochs": -1,
+                     "checkpoint_every_n_epochs": 1, "checkpoint_and_evaluation_frequency": {"unit": "steps",
+                                                                                            "frequency": 3},
+                     "preference_tuning_config": {"beta": 0.1}})
+    assert [p.split(":")[0] for p in info.value.problems] == [
+        "dataset_size_scaling_factor", "flash_attention_2", "checkpoint_every_n_epochs", "preference_tuning_config",
+        "num_epochs"]
+    assert "give only one of them" in info.value.problems[2]
 
 
 def test_overrides_are_dotted_and_typed_as_yaml(tmp_path):
@@ -172,7 +211,7 @@ def test_overrides_are_validated_like_the_file():
         load_config({"model_id": "m", "train_path": "t"}, ["num_epochs=-1", "lora_config.rr=2"])
     text = str(info.value)
     assert "num_epochs: Input should be greater than or equal to 1" in text
-    assert "'rr' is not a peft LoraConfig field" in text
+    assert "lora_config.rr: not a peft LoraConfig field" in text
 
 
 def test_bad_override_syntax():
@@ -224,6 +263,10 @@ def test_with_derived_and_format_config_marks_derived_values():
     assert "lora_config:  # derived" in lines
     assert "learning_rate: 0.0001" in lines  # user/default values unmarked
     assert "model_id: m" in lines
+    # what the workers settle is marked with what it will be (gradient checkpointing on by default)
+    assert any(line.startswith("gradient_checkpointing: true  # on each worker: every layer on CPUs; on GPUs")
+               for line in lines)
+    assert "use_gpu: null  # on each worker: GPUs when the Ray cluster has them" in lines
     # every field is shown, and the text parses back to the same values
     data = yaml.safe_load(text)
     assert set(data) == set(type(cfg).model_fields)

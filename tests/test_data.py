@@ -115,6 +115,11 @@ def test_missing_and_empty_files(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n\n")
     with pytest.raises(DataError, match="empty.jsonl: no records"):
         read_examples(str(tmp_path / "empty.jsonl"))
+    with pytest.raises(DataError, match="a directory, not a data file"):  # not IsADirectoryError's traceback
+        read_examples(str(tmp_path))
+    (tmp_path / "binary.jsonl").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(DataError, match=r"binary.jsonl: not UTF-8 text \(byte 0"):
+        read_examples(str(tmp_path / "binary.jsonl"))
 
 
 def test_file_url():

@@ -214,6 +214,46 @@ def test_embedded_model_configs_prepare_their_data(path, sample_data, embedded_m
     assert prepared.resolved.context_length and prepared.resolved.num_epochs
 
 
+# the CPU configs of training_configs/ (the quickstart's own run is tests/test_quickstart_script.py)
+CPU_RUNS = [p for p in EMBEDDED if rel(p).startswith("training_configs/") and "quickstart" not in rel(p)]
+
+
+@pytest.mark.parametrize("path", CPU_RUNS, ids=rel)
+def test_cpu_config_trains_to_a_complete_run_directory(path, sample_data, tiny_model_dir, shared_ray_cluster,
+                                                        tmp_path, monkeypatch):
+    """`forgekit finetune` on the config as shipped (its workers, DeepSpeed preset, LoRA or full, mode), with the
+    tiny model for two steps: the run directory holds everything forgekit promises."""
+    from forgekit.runs import list_checkpoints, read_metrics
+    from forgekit.train import finetune
+
+    monkeypatch.chdir(REPO)  # the configs' relative paths (deepspeed_configs/...) are the repository's
+    raw = yaml.safe_load(path.read_text())
+    overrides = [
+        f"{k}={sample_data / raw[k].removeprefix('data/generated/')}"
+        for k in ("train_path", "valid_path")
+        if str(raw.get(k, "")).startswith("data/generated/")
+    ] + [f"model_id={tiny_model_dir}", "max_steps=2", f"output_dir={tmp_path / 'runs'}"]
+    result = finetune(path, overrides, default=is_default_mode(path), progress=False)
+    run_dir = Path(result["run_dir"])
+    assert run_dir.parent == tmp_path / "runs"
+    for name in ("config.yaml", "manifest.json", "metrics.jsonl", "result.json"):
+        assert (run_dir / name).is_file(), name
+    resolved = load_config(run_dir / "config.yaml")
+    assert resolved.num_devices == raw.get("num_devices", resolved.num_devices)
+    assert [r["step"] for r in read_metrics(run_dir, "train")] == [1, 2]
+    assert all(r["loss"] > 0 and r["tokens"] > 0 and r["tokens_per_second"] > 0 for r in read_metrics(run_dir, "train"))
+    (checkpoint,) = list_checkpoints(run_dir)[-1:]
+    assert checkpoint.name == "step-000002"
+    weights = "adapter_model.safetensors" if resolved.lora_config else "model.safetensors"
+    assert (checkpoint / weights).is_file() and (checkpoint / "tokenizer_config.json").is_file()
+    assert result["steps"] == 2 and result["train_tokens"] > 0 and result["wall_seconds"] > 0
+    assert result["tokens_per_second"] > 0
+    if raw.get("valid_path"):  # evaluated before training and at the last step
+        assert [r["step"] for r in read_metrics(run_dir, "eval")] == [0, 2]
+        assert result["best_checkpoint"] == str(checkpoint) and result["best_eval_loss"] > 0
+        assert result["first_eval_loss"] > 0
+
+
 # --- DeepSpeed presets
 @pytest.mark.parametrize("path", DEEPSPEED, ids=lambda p: p.name)
 def test_deepspeed_preset_matches_its_name(path):
