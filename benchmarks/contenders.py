@@ -150,6 +150,17 @@ def _finish(trainer: Any, record: dict, meter: TokenMeter) -> dict:
     return record
 
 
+def hf_batch(tokens_per_step: int, mean_len: float, batch: int | None = None) -> tuple[int, int]:
+    """(micro-batch, accumulation) whose examples per step carry the step's tokens most closely: a padded-batch
+    recipe counts examples, not tokens. Micro-batches of 4, 3 or 2 (the larger on a tie), unless `batch` is set."""
+    def pair(b: int) -> tuple[int, int]:
+        return b, max(1, round(tokens_per_step / (b * mean_len)))
+
+    if batch:
+        return pair(batch)
+    return min((pair(b) for b in (4, 3, 2)), key=lambda ba: abs(ba[0] * ba[1] * mean_len - tokens_per_step))
+
+
 def run_hf(spec: dict, opts: dict) -> dict:
     """transformers Trainer + peft, padded to the longest example in each batch."""
     from datasets import Dataset
@@ -158,9 +169,8 @@ def run_hf(spec: dict, opts: dict) -> dict:
 
     tok = AutoTokenizer.from_pretrained(spec["model_dir"])
     rows = _rows(spec, tok)
-    batch = int(opts.get("batch", 4))
     mean_len = sum(len(r["input_ids"]) for r in rows) / len(rows)
-    accum = max(1, round(spec["tokens_per_step"] / (batch * mean_len)))
+    batch, accum = hf_batch(spec["tokens_per_step"], mean_len, int(opts["batch"]) if "batch" in opts else None)
     model = get_peft_model(_load_model(spec, opts.get("attn", "sdpa")), _lora_config(spec))
     meter, record = TokenMeter(), {"times": [], "tokens": [], "config": {"batch": batch, "accum": accum}}
     model.register_forward_pre_hook(meter.hook, with_kwargs=True)

@@ -49,3 +49,15 @@ def test_forgekit_contender_does_the_same_tokens_per_step_for_any_number_of_work
     planned = cfg["num_devices"] * cfg["train_batch_size_per_device"] * cfg["gradient_accumulation_steps"] * max_length
     assert cfg["num_devices"] == workers and cfg["packing"]
     assert planned == max(tokens, workers * rows * max_length)  # one packed row per worker at the least
+
+
+def test_the_padded_batch_contender_carries_the_tokens_per_step_of_the_others():
+    """The hf contender counts examples per step; its micro-batch and accumulation are picked so that they carry
+    the tokens per step the packed contenders take (456-token mean: 3 x 6 examples, 8,208 for 8,192; 4 x 4 would
+    be 7,296, 11% short)."""
+    contenders = pytest.importorskip("contenders")
+    assert contenders.hf_batch(8192, 456) == (3, 6)
+    for target, mean in ((8192, 456), (16384, 456), (4096, 300), (8192, 865)):
+        b, a = contenders.hf_batch(target, mean)
+        assert abs(b * a * mean - target) / target < 0.06, (target, mean, b, a)
+    assert contenders.hf_batch(8192, 456, batch=4) == (4, 4)  # an explicit micro-batch is kept
