@@ -434,7 +434,9 @@ def _type_name(tp: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        return " or ".join(_type_name(a) for a in args)
+        # sorted: typing caches unions, so the order of their members depends on which spelling came first
+        names = sorted(_type_name(a) for a in args if a is not type(None))
+        return " or ".join(names + ["null"] * (type(None) in args))
     if origin in (list, tuple, set):
         return f"list of {_type_name(args[0])}" if args else "list"
     if origin is dict:

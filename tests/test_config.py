@@ -114,7 +114,7 @@ def test_several_cross_field_problems_are_all_reported():
         ({"task": "classification", "classifier_config": {"label_tokens": ["<a>"]}}, "at least 2 items"),
         ({"lora_config": {"r": 0}}, "lora_config.r: expected a positive integer (got 0)"),
         ({"lora_config": {"lora_alpha": "high"}}, "lora_config.lora_alpha: expected int (got 'high')"),
-        ({"lora_config": {"target_modules": 5}}, "lora_config.target_modules: expected list of str or str or null"),
+        ({"lora_config": {"target_modules": 5}}, "lora_config.target_modules: expected list of str or str or null (got 5)"),
         ({"lora_config": {"lora_dropout": 2.0}}, "lora_config.lora_dropout: expected a probability in [0, 1)"),
         ({"lora_config": {"bias": "sometimes"}},
          "lora_config.bias: expected one of 'none', 'all', 'lora_only' (got 'sometimes')"),
