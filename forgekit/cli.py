@@ -56,6 +56,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from forgekit.train import prepare_checked, run_name_for
 
     cfg = _load(args)
+    if args.config_only:  # a config for a model or data this machine cannot reach (a GPU config on a laptop)
+        from forgekit.train import deepspeed_config, known_bf16
+
+        deepspeed_config(cfg, bf16=known_bf16(cfg, cfg.use_gpu))
+        print(f"# {args.config}: valid ({'default' if args.default else 'custom'} mode; the config and its DeepSpeed "
+              "file only: the model and the data were not loaded, so derived values are not filled in):")
+        print(format_config(cfg), end="")
+        return 0
     # the data, the model's tokenizer, and the DeepSpeed file (exists, parses, agrees with the YAML; precision where
     # it is known), every problem of all three at once, as finetune checks them
     prepared = prepare_checked(cfg, cfg.use_gpu)
@@ -113,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="validate a config and its data; print every value the run will use")
     _add_config_args(p)
+    p.add_argument("--config-only", action="store_true",
+                   help="check the config and its DeepSpeed file without loading the model or the data (for a "
+                   "model or data files this machine cannot reach, e.g. a Hub model offline)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("preview-data", help="show tokenized examples with the trained spans marked")

@@ -246,6 +246,23 @@ def test_validate_accepts_a_path_relative_to_the_working_dir(workdir, capsys, mo
     assert code == 0 and out.startswith("# cfg.yaml: valid")
 
 
+def test_validate_config_only_checks_a_gpu_config_without_the_model_or_the_data(capsys, monkeypatch, tmp_path):
+    """A shipped 70B config on a machine without Hub access: the config and its DeepSpeed file are checked."""
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)  # the config's deepspeed_configs/ path is the repository's
+    path = "training_configs/custom/meta-llama--Meta-Llama-3.1-70B-Instruct/full/16xH100-4096.yaml"
+    code, out, err = run(capsys, "validate", path, "--config-only")
+    assert code == 0, err
+    assert "the model and the data were not loaded" in out
+    assert "model_id: meta-llama/Meta-Llama-3.1-70B-Instruct" in out and "num_devices: 16" in out
+    # its DeepSpeed file is still read: a missing one, or one contradicting the YAML, fails
+    code, _, err = run(capsys, "validate", path, "--config-only", f"deepspeed.config_path={tmp_path / 'no.json'}")
+    assert code == 2 and "no.json not found" in err
+    (tmp_path / "ds.json").write_text('{"gradient_accumulation_steps": 7}')
+    code, _, err = run(capsys, "validate", path, "--config-only", f"deepspeed.config_path={tmp_path / 'ds.json'}")
+    assert code == 2 and "gradient_accumulation_steps=7 contradicts gradient_accumulation_steps=" in err
+
+
 def test_unknown_embedded_model_exits_2(capsys):
     code, out, err = run(capsys, "models", "fetch", "no-such-model")
     assert code == 2 and "'no-such-model' is not an embedded model" in err and "Traceback" not in err + out
