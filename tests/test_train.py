@@ -327,6 +327,23 @@ def test_offload_presets_train_like_zero_3(runs, tiny_model_dir, data, tmp_path,
     assert (Path(result["best_checkpoint"]) / "model.safetensors").is_file()
 
 
+def test_zero_0_preset_trains_like_zero_2(runs, tiny_model_dir, data, tmp_path):
+    """deepspeed_configs/zero_0.json (DeepSpeed without ZeRO: plain data parallelism) trains the ZeRO-2 full
+    fine-tune of the matrix step for step: partitioning the optimizer state moves it, not the math."""
+    from forgekit.config import load_config
+    from forgekit.train import finetune
+
+    reference = runs[("zero_2", False)]
+    cfg = config(tiny_model_dir, data, tmp_path / "runs", learning_rate=3e-3, save_optimizer_state=False,
+                 deepspeed={"config_path": str(REPO / "deepspeed_configs" / "zero_0.json")}, max_steps=2)
+    result = finetune(load_config(cfg), progress=False)
+    want, got = _train_losses(Path(reference["run_dir"])), _train_losses(Path(result["run_dir"]))
+    assert sorted(got) == [1, 2]
+    for step in (1, 2):
+        assert got[step] == pytest.approx(want[step], abs=1e-4), (step, got, want)
+    assert (Path(result["best_checkpoint"]) / "model.safetensors").is_file()
+
+
 def test_killed_run_resumes_to_the_same_final_loss(ray_cluster, tiny_model_dir, tmp_path):
     """kill -9 of the whole process tree after a checkpoint; the same command then ends where an uninterrupted run does.
 
