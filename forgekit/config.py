@@ -426,6 +426,7 @@ def _lora_field_type(key: str) -> tuple[Any, Any]:
 
 def _type_name(tp: Any) -> str:
     """A type as a config reader knows it: `int`, `list of str or str`, `one of 'none', 'all'`."""
+    import types
     import typing
 
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -433,7 +434,7 @@ def _type_name(tp: Any) -> str:
         return "null"
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         # sorted: typing caches unions, so the order of their members depends on which spelling came first
         names = sorted(_type_name(a) for a in args if a is not type(None))
         return " or ".join(names + ["null"] * (type(None) in args))
@@ -603,11 +604,10 @@ def load_config(
         for err in errors:
             text = _describe(err, FinetuneConfig)
             key = ".".join(str(p) for p in err["loc"])
-            # cross-field checks arrive as one " | "-joined message at the top level; a field's own checks of
-            # its keys (lora_config) as one message whose parts name their dotted keys
-            if text.startswith(("(top level)", f"{key}: {key}")):
-                problems.extend(part.removeprefix(f"{key}: ") if part.startswith(f"{key}: {key}") else part
-                                for part in text.split(" | "))
+            if text.startswith(f"{key}: {key}"):  # a field's checks of its keys (lora_config): parts name them
+                problems.extend(text.removeprefix(f"{key}: ").split(" | "))
+            elif text.startswith("(top level)"):  # cross-field checks: one " | "-joined message
+                problems.extend(text.split(" | "))
             else:
                 problems.append(text)
         problems = [p.removeprefix("(top level): ") for p in problems]
@@ -684,11 +684,13 @@ def with_derived(cfg: FinetuneConfig, **values: Any) -> FinetuneConfig:
 
 
 # values left to the workers, which know their device (result.json's `levers` records what they chose)
+# values each worker settles for its device: {key: (the values it settles, what they become)}
 DECIDED_ON_WORKER = {
-    "use_gpu": "GPUs when the Ray cluster has them",
-    "pad_to_multiple_of": "64 on CPU workers, 1 on GPUs",
-    "attn_implementation": "varlen FlashAttention on CUDA GPUs, sdpa on CPU",
-    "precision": "bf16 on GPUs that support it, fp32 on CPU",
+    "use_gpu": ((None,), "GPUs when the Ray cluster has them"),
+    "pad_to_multiple_of": ((None,), "64 on CPU workers, 1 on GPUs"),
+    "gradient_checkpointing": ((True,), "every layer on CPUs; on GPUs as many layers as memory needs (maybe none)"),
+    "attn_implementation": (("auto",), "varlen FlashAttention on CUDA GPUs, sdpa on CPU"),
+    "precision": (("auto",), "bf16 on GPUs that support it, fp32 on CPU"),
 }
 
 
@@ -699,10 +701,9 @@ def format_config(cfg: FinetuneConfig) -> str:
     lines = [f"# LLMForge key {note}" for note in cfg.notes]
     for key, value in data.items():
         mark = "  # derived" if key in cfg.derived else ""
-        if key in DECIDED_ON_WORKER and value in (None, "auto"):
-            mark = f"  # on each worker: {DECIDED_ON_WORKER[key]}"
-        if key == "gradient_checkpointing" and value:
-            mark = "  # on each worker: every layer on CPUs; on GPUs as many layers as memory needs (maybe none)"
+        settled, becomes = DECIDED_ON_WORKER.get(key, ((), ""))
+        if any(value is v for v in settled):
+            mark = f"  # on each worker: {becomes}"
         if key == "liger_kernel" and value.get("enabled") is None:
             mark = "  # enabled on each worker: on GPUs when liger-kernel is installed"
         if isinstance(value, dict) and value:

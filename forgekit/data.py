@@ -28,12 +28,16 @@ class DataError(Exception):
 
     def __init__(self, problems: list[str], total: int | None = None):
         self.problems = list(problems)
-        total = total if total is not None else len(problems)
-        self.total = total
-        lines = [f"{total} problem(s) in the data; nothing was trained:"] + [f"  {p}" for p in self.problems]
-        if total > len(self.problems):
-            lines.append(f"  ... and {total - len(self.problems)} more")
+        self.total = total if total is not None else len(problems)
+        lines = [f"{self.total} problem(s) in the data; nothing was trained:"] + [f"  {p}" for p in self.problems]
+        if self.total > len(self.problems):
+            lines.append(f"  ... and {self.total - len(self.problems)} more")
         super().__init__("\n".join(lines))
+
+    def as_problems(self) -> list[str]:
+        """The problems as lines of a config report (a ConfigError's), with how many were left out."""
+        more = self.total - len(self.problems)
+        return self.problems + ([f"... and {more} more data problems"] if more > 0 else [])
 
 
 @dataclass(frozen=True)

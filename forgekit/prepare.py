@@ -261,12 +261,6 @@ def read_data(cfg: FinetuneConfig) -> tuple[list, list | None]:
     return examples["train_path"], examples.get("valid_path")
 
 
-def data_problems(error: DataError) -> list[str]:
-    """A DataError's problems as config problems (with how many were left out)."""
-    more = error.total - len(error.problems)
-    return error.problems + ([f"... and {more} more data problems"] if more > 0 else [])
-
-
 def _build(cfg: FinetuneConfig, tok: Any, model_max: int | None, target: Path, key_parts: dict) -> dict:
     started = time.time()
     train, valid = read_data(cfg)
@@ -407,7 +401,7 @@ def prepare_data(cfg: FinetuneConfig, *, use_gpu: bool | None = None, root: Path
         try:
             read_data(cfg)
         except DataError as data_error:
-            problems += data_problems(data_error)
+            problems += data_error.as_problems()
         raise ConfigError(problems) from None
     model_max = _model_max_length(cfg)
     try:

@@ -148,25 +148,20 @@ def deepspeed_config(cfg: FinetuneConfig, *, bf16: bool | None = None) -> dict[s
 
 
 def prepare_checked(cfg: FinetuneConfig, use_gpu: bool | None) -> Any:
-    """`prepare_data`, then the DeepSpeed file against the resolved config; the DeepSpeed file's problems are
-    reported together with the data's and the model's (one ConfigError), not one stage at a time."""
+    """`prepare_data`, then the DeepSpeed file against the resolved config; when the model or the data fail,
+    the DeepSpeed file's problems are reported with theirs (one ConfigError), not one stage at a time."""
     from forgekit.data import DataError
-    from forgekit.prepare import data_problems, prepare_data
+    from forgekit.prepare import prepare_data
 
-    try:  # what the config as written already decides: the file exists, parses, and agrees with explicit values
-        deepspeed_config(cfg, bf16=known_bf16(cfg, use_gpu))
-        early: list[str] = []
-    except ConfigError as e:
-        early = e.problems
     try:
         prepared = prepare_data(cfg, use_gpu=use_gpu)
     except (ConfigError, DataError) as e:
-        if not early:
-            raise
-        raise ConfigError(early + (data_problems(e) if isinstance(e, DataError) else e.problems)) from None
-    if early:
-        raise ConfigError(early)
-    # and with the derived values (precision "auto" on a GPU is decided on the worker)
+        try:  # what the config as written decides: the file exists, parses, and agrees with explicit values
+            deepspeed_config(cfg, bf16=known_bf16(cfg, use_gpu))
+        except ConfigError as ds:
+            raise ConfigError(ds.problems + (e.as_problems() if isinstance(e, DataError) else e.problems)) from None
+        raise
+    # with the derived values too (precision "auto" on a GPU is decided on the worker)
     deepspeed_config(prepared.resolved, bf16=known_bf16(prepared.resolved, use_gpu))
     return prepared
 
@@ -734,8 +729,8 @@ def _train_worker(wc: dict[str, Any]) -> None:
         checkpoint = ray.train.Checkpoint(path=wc["resume_from"])
     # one per run directory: two runs of the same name in different output_dirs must not share (and clear) it
     where = hashlib.sha256(str(run_dir).encode()).hexdigest()[:8]
-    if os.environ.get("FORGEKIT_TEST_WORKER_PER_NODE"):
-        where += f"-w{rank}"  # a node of its own (see _node_local_rank)
+    if _node_per_worker():
+        where += f"-w{rank}"  # a node of its own
     staging = Path(tempfile.gettempdir()) / "forgekit-staging" / f"{run_dir.name}-{where}-{os.getuid()}"
     if _node_local_rank(ctx) == 0:
         shutil.rmtree(staging, ignore_errors=True)
@@ -1043,13 +1038,16 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _node_local_rank(ctx: Any) -> int:
-    """This worker's rank among the workers of its node (Ray groups workers by node IP).
+def _node_per_worker() -> bool:
+    """FORGEKIT_TEST_WORKER_PER_NODE=1 (tests only): every worker acts as the only one of a node of its own, with
+    its own staging dir (and rank 1 a second slower to publish), so that one machine exercises what a multi-node
+    run does with checkpoints."""
+    return bool(os.environ.get("FORGEKIT_TEST_WORKER_PER_NODE"))
 
-    FORGEKIT_TEST_WORKER_PER_NODE=1 (tests only) makes every worker act as the first of a node of its own, with
-    its own staging dir, so that one machine exercises what a multi-node run does with checkpoints.
-    """
-    return 0 if os.environ.get("FORGEKIT_TEST_WORKER_PER_NODE") else ctx.get_local_rank()
+
+def _node_local_rank(ctx: Any) -> int:
+    """This worker's rank among the workers of its node (Ray groups workers by node IP)."""
+    return 0 if _node_per_worker() else ctx.get_local_rank()
 
 
 def _publishing_dir(run_dir: Path, step: int) -> Path:
@@ -1221,7 +1219,7 @@ def _reporter_class() -> type:
             if _local_storage():
                 gathered = _publishing_dir(self.run_dir, state.global_step)
                 if first_on_node:
-                    if os.environ.get("FORGEKIT_TEST_WORKER_PER_NODE") and self.rank == 1:
+                    if _node_per_worker() and self.rank == 1:
                         time.sleep(1.0)  # a slower node (see tests): nothing may be visible before its part is in
                     shutil.copytree(local, gathered, dirs_exist_ok=True)
                 _barrier()  # every node's part is in
