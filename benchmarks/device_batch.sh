@@ -9,6 +9,6 @@ timeout ${BENCH_SECONDS:-380} python3 benchmarks/run.py --model llama8b --conten
   --steps ${STEPS:-8} --repeats ${REPEATS:-1} --tokens-per-step 8192 --tokenizer .bench/tokenizer \
   --tag ${TAG:-llama8b-h200-realpath} --out "$OUT" --timeout 300 > "$OUT/bench.log" 2>&1
 echo "bench rc=$?" >> "$OUT/bench.log"
-timeout ${TEST_SECONDS:-170} python3 -m pytest -m gpu tests/test_gpu.py -q -x -p no:cacheprovider \
+timeout ${TEST_SECONDS:-170} python3 -m pytest -m gpu tests/gpu/test_gpu.py -q -x -p no:cacheprovider \
   -k "${TESTS:-logits or finetune_through or packed_loss}" > "$OUT/gpu_tests.log" 2>&1
 echo "tests rc=$?" >> "$OUT/gpu_tests.log"

@@ -5,7 +5,7 @@
 # ipykernel's debugger (debugpy) and IPython's completion (jedi) are left out: papermill uses neither, and the
 # 64 MiB cap on what travels to the GPU host leaves ~5 MB for these. Run from the repo root, then on the host:
 #   source benchmarks/device_env.sh      # installs .whl/*.whl and these folders
-#   python -m pytest -m gpu tests/test_gpu.py tests/test_gpu_notebooks.py
+#   python -m pytest -m gpu tests/gpu/test_gpu.py tests/gpu/test_gpu_notebooks.py
 set -euo pipefail
 plat=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any)

@@ -10,7 +10,7 @@ import nbformat
 from forgekit.analysis import count_parameters
 from forgekit.config import load_config
 from forgekit.runs import read_result
-from tests.notebook_harness import REPO, parameter_names, run_notebook
+from tests.notebooks.harness import REPO, parameter_names, run_notebook
 
 NOTEBOOK = "cookbooks/lora_vs_full/lora_vs_full.ipynb"
 

@@ -16,7 +16,7 @@ from forgekit.config import (
     with_derived,
 )
 
-CONFIGS = Path(__file__).parent / "fixtures" / "configs"
+CONFIGS = Path(__file__).parents[1] / "fixtures" / "configs"
 INVALID = CONFIGS / "invalid"
 
 # file -> fragments that must all appear in the error (the dotted key, what was expected, a did-you-mean)

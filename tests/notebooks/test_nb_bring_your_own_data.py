@@ -8,7 +8,7 @@ import json
 import yaml
 
 from forgekit.data import read_examples
-from tests.notebook_harness import REPO, run_notebook
+from tests.notebooks.harness import REPO, run_notebook
 
 FOLDER = REPO / "cookbooks" / "bring_your_own_data"
 NOTEBOOK = "cookbooks/bring_your_own_data/bring_your_own_data.ipynb"

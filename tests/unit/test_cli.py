@@ -248,7 +248,7 @@ def test_validate_accepts_a_path_relative_to_the_working_dir(workdir, capsys, mo
 
 def test_validate_config_only_checks_a_gpu_config_without_the_model_or_the_data(capsys, monkeypatch, tmp_path):
     """A shipped 70B config on a machine without Hub access: the config and its DeepSpeed file are checked."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     monkeypatch.chdir(repo)  # the config's deepspeed_configs/ path is the repository's
     path = "training_configs/custom/meta-llama--Meta-Llama-3.1-70B-Instruct/full/16xH100-4096.yaml"
     code, out, err = run(capsys, "validate", path, "--config-only")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import nbformat
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def parameters_cell(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:

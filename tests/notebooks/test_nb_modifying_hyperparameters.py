@@ -7,7 +7,7 @@ import pytest
 
 from forgekit.analysis import lr_schedule
 from forgekit.runs import read_config, read_metrics, read_result
-from tests.notebook_harness import REPO, parameter_names, run_notebook
+from tests.notebooks.harness import REPO, parameter_names, run_notebook
 
 NOTEBOOK = "cookbooks/modifying_hyperparameters/modifying_hyperparameters.ipynb"
 

@@ -22,7 +22,7 @@ import yaml
 
 from forgekit.runs import list_checkpoints, read_metrics
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "forgekit.cli"]
 
 

@@ -8,7 +8,7 @@ import nbformat
 import pytest
 
 from forgekit.runs import read_metrics, read_result
-from tests.notebook_harness import REPO, parameter_names, run_notebook
+from tests.notebooks.harness import REPO, parameter_names, run_notebook
 
 NOTEBOOK = "cookbooks/optimize_cost/optimize_cost.ipynb"
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_quickstart_runs_and_checks_its_loss_target(tiny_model_dir, shared_ray_cluster, tmp_path):

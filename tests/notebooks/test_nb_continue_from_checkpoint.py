@@ -8,7 +8,7 @@ import nbformat
 import pytest
 
 from forgekit.runs import read_config, read_metrics, read_result
-from tests.notebook_harness import REPO, parameter_names, run_notebook
+from tests.notebooks.harness import REPO, parameter_names, run_notebook
 
 NOTEBOOK = "cookbooks/continue_from_checkpoint/continue_from_checkpoint.ipynb"
 TRAIN = REPO / "data" / "generated" / "support_tickets" / "train.jsonl"

@@ -19,7 +19,7 @@ import yaml
 from forgekit.config import PromptFormatConfig, load_config
 from forgekit.formats import resolve_prompt_format
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIRS = ("training_configs", "end_to_end_examples", "cookbooks")
 HEADER_KEYS = ("Purpose", "Hardware", "Expected time", "Run")
 PLACEHOLDER = re.compile(r"^s3://your-bucket/")
@@ -214,7 +214,7 @@ def test_embedded_model_configs_prepare_their_data(path, sample_data, embedded_m
     assert prepared.resolved.context_length and prepared.resolved.num_epochs
 
 
-# the CPU configs of training_configs/ (the quickstart's own run is tests/test_quickstart_script.py)
+# the CPU configs of training_configs/ (the quickstart's own run is tests/integration/test_quickstart_script.py)
 CPU_RUNS = [p for p in EMBEDDED if rel(p).startswith("training_configs/") and "quickstart" not in rel(p)]
 
 

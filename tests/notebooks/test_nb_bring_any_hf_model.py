@@ -6,7 +6,7 @@ import json
 
 import yaml
 
-from tests.notebook_harness import run_notebook
+from tests.notebooks.harness import run_notebook
 
 NOTEBOOK = "cookbooks/bring_any_hf_model/bring_any_hf_model.ipynb"
 

@@ -6,7 +6,7 @@ import json
 
 import nbformat
 
-from tests.notebook_harness import REPO, parameter_names, parameters_cell, run_notebook
+from tests.notebooks.harness import REPO, parameter_names, parameters_cell, run_notebook
 
 NOTEBOOK = "end_to_end_examples/fine_tune_function_calling/fine_tune_function_calling.ipynb"
 

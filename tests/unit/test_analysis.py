@@ -36,7 +36,7 @@ from forgekit.analysis import (
 )
 from forgekit.prepare import pack_rows
 
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
 
 # --- split_jsonl

@@ -13,7 +13,7 @@ import pytest
 
 from forgekit.config import ConfigError, load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _cfg(tmp_path: Path, **extra):

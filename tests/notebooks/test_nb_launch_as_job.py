@@ -7,7 +7,7 @@ from pathlib import Path
 
 import nbformat
 
-from tests.notebook_harness import run_notebook
+from tests.notebooks.harness import run_notebook
 
 NOTEBOOK = "cookbooks/launch_as_job/launch_as_job.ipynb"
 

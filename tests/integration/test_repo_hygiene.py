@@ -8,13 +8,13 @@ from pathlib import Path
 import nbformat
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 
 from build_readme import render_readme
 from strip_notebooks import missing_ids, notebooks
 
-from tests.notebook_harness import parameter_names
+from tests.notebooks.harness import parameter_names
 
 
 def test_readme_md_is_generated_from_notebook():

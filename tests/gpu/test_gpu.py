@@ -1,6 +1,6 @@
-"""The GPU tier (``pytest -m gpu tests/test_gpu.py`` on a CUDA host): forgekit's fast paths on the device, through the real path.
+"""The GPU tier (``pytest -m gpu tests/gpu/test_gpu.py`` on a CUDA host): forgekit's fast paths on the device, through the real path.
 
-The notebooks' ``gpu`` cells run in ``tests/test_gpu_notebooks.py`` (the same tier; it needs the notebook kernel's
+The notebooks' ``gpu`` cells run in ``tests/gpu/test_gpu_notebooks.py`` (the same tier; it needs the notebook kernel's
 wheels from ``benchmarks/make_test_wheels.sh`` on an offline host).
 
 - The attention paths forgekit picks for packed rows (``forgekit_varlen``: PyTorch's variable-length
@@ -39,7 +39,7 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # bf16 keeps 8 significant bits: one rounding is at most 2**-9 relative. Logits come out of a few layers of
 # bf16 matmuls (each output summed in fp32, rounded once to bf16) whose kernels differ between the paths
 # compared (dense-mask SDPA, FlashAttention varlen, FlexAttention), so equal math differs by a few roundings

@@ -15,7 +15,7 @@ import pytest
 
 from forgekit.data import MAX_REPORTED, DataError, data_fingerprint, read_examples, validate_record
 
-DATA = Path(__file__).parent / "fixtures" / "data"
+DATA = Path(__file__).parents[1] / "fixtures" / "data"
 
 # Each bad file has two good lines, then the bad one on line 3.
 BAD_FILES = {

@@ -16,7 +16,7 @@ import sys
 import nbformat
 import pytest
 
-from tests.notebook_harness import REPO, parameter_names, run_notebook
+from tests.notebooks.harness import REPO, parameter_names, run_notebook
 
 NOTEBOOK = "README.ipynb"
 

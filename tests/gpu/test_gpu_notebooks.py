@@ -1,4 +1,4 @@
-"""The GPU tier's notebook runs (``pytest -m gpu tests/test_gpu_notebooks.py`` on a CUDA host).
+"""The GPU tier's notebook runs (``pytest -m gpu tests/gpu/test_gpu_notebooks.py`` on a CUDA host).
 
 The CPU tier removes the cells tagged ``gpu``; here they run, with each notebook's GPU switches on: README's
 ``GPU = True`` (the 1xA100 Llama-3.1-8B LoRA config: packing into 4096-token rows, ZeRO-2, bf16),
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from forgekit.runs import read_metrics, read_result
-from tests.notebook_harness import run_notebook
+from tests.notebooks.harness import run_notebook
 
 torch = pytest.importorskip("torch")
 
