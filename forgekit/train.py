@@ -37,6 +37,7 @@ from typing import Any
 
 from forgekit.batching import describe_batch
 from forgekit.config import ConfigError, FinetuneConfig, format_config, load_config
+from forgekit.tracking import check_logger, logger_setup
 
 __all__ = ["TrainingError", "deepspeed_config", "finetune", "init_ray", "run_name_for"]
 
@@ -456,7 +457,7 @@ def finetune(
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     # a cluster forgekit did not start (an address, or the caller's own ray.init()) may autoscale: warn only
     _check_cluster_fits(cfg, use_gpu, attached=not _started_local_cluster)
-    _check_logger(cfg)  # a missing package fails here, not in every worker after Ray started
+    check_logger(cfg)  # a missing package fails here, not in every worker after Ray started
     prepared = prepare_checked(cfg, use_gpu)
     cfg = prepared.resolved
     log.info("forgekit: %s", describe_batch(cfg.train_batch_size_per_device, cfg.gradient_accumulation_steps,
@@ -737,7 +738,7 @@ def _train_worker(wc: dict[str, Any]) -> None:
     if rank == 0:  # parts gathered by an interrupted attempt (before the first save's barrier, so before any copy)
         for stale in (run_dir / CHECKPOINTS).glob(".tmp-step-*"):
             shutil.rmtree(stale, ignore_errors=True)
-    report_to, logging_dir = _logger_setup(cfg, run_dir)
+    report_to, logging_dir = logger_setup(cfg, run_dir)
     if logging_dir:  # transformers 5 dropped TrainingArguments.logging_dir; its TensorBoard callback reads this
         os.environ["TENSORBOARD_LOGGING_DIR"] = logging_dir
     args = TrainingArguments(
@@ -931,39 +932,6 @@ def _free_activation_bytes(model: Any, trainable: int, zero_stage: int, world: i
     if zero_stage >= 3:
         weights /= world
     return max(total - weights - state - 3 * 2**30, 0.0)  # 3 GiB: CUDA context, workspaces, fragmentation
-
-
-def _check_logger(cfg: FinetuneConfig) -> None:
-    """ConfigError naming `logger.provider` when its package is not installed on the driver."""
-    import importlib.util
-
-    if cfg.logger is not None:
-        package = cfg.logger.provider  # each provider's package has its name
-        if importlib.util.find_spec(package) is None:
-            raise ConfigError([f"logger.provider: {cfg.logger.provider} needs the {package} package, which is not "
-                               f"installed: pip install {package} (on every node of the cluster)"])
-
-
-def _logger_setup(cfg: FinetuneConfig, run_dir: Path) -> tuple[list[str], str | None]:
-    if cfg.logger is None:
-        return [], None
-    pc = dict(cfg.logger.provider_config)
-    match cfg.logger.provider:
-        case "wandb" | "mlflow" as provider:
-            # transformers' callbacks read their settings from the environment: every provider_config key becomes
-            # WANDB_<KEY> / MLFLOW_<KEY> (lists joined by commas, as WANDB_TAGS wants; mappings as JSON, as
-            # MLFLOW_TAGS wants), with wandb's `group` as WANDB_RUN_GROUP
-            prefix = provider.upper() + "_"
-            for key, value in pc.items():
-                env = "WANDB_RUN_GROUP" if (provider, key) == ("wandb", "group") else prefix + key.upper()
-                if isinstance(value, (list, tuple)):
-                    value = ",".join(map(str, value))
-                elif isinstance(value, dict):
-                    value = json.dumps(value)
-                os.environ[env] = str(value)
-            return [provider], None
-        case _:
-            return ["tensorboard"], str(pc.get("log_dir", run_dir / "tensorboard"))
 
 
 def _classification_fns(label_ids: list[int], metrics: Sequence[str] = ("accuracy",)) -> dict[str, Any]:

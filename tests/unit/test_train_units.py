@@ -202,7 +202,7 @@ def test_an_llmforge_classification_yaml_with_another_error_reports_only_that_er
 
 
 def test_logger_provider_config_reaches_the_environment_of_transformers_callbacks(tmp_path, monkeypatch):
-    from forgekit.train import _logger_setup
+    from forgekit.tracking import logger_setup as _logger_setup
 
     for key in ("WANDB_PROJECT", "WANDB_RUN_GROUP", "WANDB_TAGS", "WANDB_ENTITY", "MLFLOW_TRACKING_URI", "MLFLOW_TAGS"):
         monkeypatch.delenv(key, raising=False)
@@ -220,7 +220,7 @@ def test_logger_provider_config_reaches_the_environment_of_transformers_callback
 def test_a_logger_without_its_package_is_a_config_error_before_ray_starts(tmp_path, monkeypatch):
     import importlib.util
 
-    from forgekit.train import _check_logger
+    from forgekit.tracking import check_logger as _check_logger
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
