@@ -225,11 +225,11 @@ def lr_schedule(
 
 
 def batch_size_table(total_batch_size: int, max_per_device: int | None, world_sizes: Sequence[int]) -> list[dict[str, Any]]:
-    """`forgekit.batching.derive_batch_sizes` for each world size: how one total batch is made on each.
+    """`forgekit.plan.derive_batch_sizes` for each world size: how one total batch is made on each.
 
     A world size that does not divide the total gets the rule's error message in `note` instead of sizes.
     """
-    from forgekit.batching import derive_batch_sizes
+    from forgekit.plan import derive_batch_sizes
     from forgekit.config import ConfigError
 
     rows = []

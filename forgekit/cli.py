@@ -14,14 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from forgekit.config import ConfigError, format_config, load_config
-from forgekit.data import DataError
-from forgekit.export import ExportError
-from forgekit.formats import FormatError
-from forgekit.generate import GenerationError
-from forgekit.models import ModelError
-
-USER_ERRORS = (ConfigError, DataError, FormatError, ModelError, ExportError, GenerationError)
+from forgekit.config import format_config, load_config
+from forgekit.errors import ForgekitError
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -52,27 +46,25 @@ def _summary(manifest: dict) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from forgekit.batching import describe_batch
-    from forgekit.train import prepare_checked, run_name_for
+    from forgekit.plan import deepspeed_config, format_plan, known_bf16
+    from forgekit.train import prepare_run, run_name_for
 
     cfg = _load(args)
     if args.config_only:  # a config for a model or data this machine cannot reach (a GPU config on a laptop)
-        from forgekit.train import deepspeed_config, known_bf16
-
         deepspeed_config(cfg, bf16=known_bf16(cfg, cfg.use_gpu))
         print(f"# {args.config}: valid ({'default' if args.default else 'custom'} mode; the config and its DeepSpeed "
               "file only: the model and the data were not loaded, so derived values are not filled in):")
         print(format_config(cfg), end="")
         return 0
-    # the data, the model's tokenizer, and the DeepSpeed file (exists, parses, agrees with the YAML; precision where
-    # it is known), every problem of all three at once, as finetune checks them
-    prepared = prepare_checked(cfg, cfg.use_gpu)
-    r = prepared.resolved
+    # the checks a run makes before any worker starts (the data, the model's tokenizer, the DeepSpeed file, ...),
+    # every problem at once, then the data and the plan, on this machine's hardware (no cluster is checked)
+    plan = prepare_run(cfg)
+    r = plan.resolved
     print(f"# {args.config}: valid ({'default' if args.default else 'custom'} mode). Resolved config:")
     print(format_config(r), end="")
-    print("# " + _summary(prepared.manifest).replace("\n", "\n# "))
-    print("# " + describe_batch(r.train_batch_size_per_device, r.gradient_accumulation_steps, r.num_devices))
-    run_dir = Path(r.output_dir).expanduser() / run_name_for(r, prepared.manifest["cache_key"])
+    print("# " + _summary(plan.data.manifest).replace("\n", "\n# "))
+    print(format_plan(plan), end="")
+    run_dir = Path(r.output_dir).expanduser() / run_name_for(r, plan.data.manifest["cache_key"])
     print(f"# run directory: {run_dir}" + ("" if r.run_name else " (run_name derived from the config and data)"))
     return 0
 
@@ -109,14 +101,63 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from forgekit.export import merge_checkpoint
 
     info = merge_checkpoint(args.checkpoint, args.out_dir, dtype=args.dtype, verify=not args.no_verify,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, max_shard_size=args.max_shard_size)
     print(json.dumps(info, indent=1))
     print(f"wrote {args.out_dir}")
     return 0
 
 
+def cmd_merge_adapter(args: argparse.Namespace) -> int:
+    """The Silogen engine's `merge_adapter BASE ADAPTER OUT`: `merge` into BASE (the adapter's model, or a copy)."""
+    from forgekit.export import merge_checkpoint
+
+    info = merge_checkpoint(args.peftmodel, args.outpath, dtype=args.dtype, verify=not args.no_verify,
+                            overwrite=args.overwrite, max_shard_size=args.max_shard_size, base=args.basemodel)
+    print(json.dumps(info, indent=1))
+    print(f"wrote {args.outpath}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from forgekit.export import export_vllm
+
+    info = export_vllm(args.checkpoint, args.out_dir, name=args.name, overwrite=args.overwrite)
+    print(json.dumps(info, indent=1))
+    print(f"wrote {args.out_dir}")
+    for note in info["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    if info["vllm_ready"]:
+        print(f"serve it with: {info['serve']}")
+    else:
+        print("warning: vLLM cannot serve this adapter (peft still loads it):\n  - "
+              + "\n  - ".join(info["problems"]), file=sys.stderr)
+    return 0
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    """The Silogen engine's `sft CONFIG`: finetune, the task instruction_tuning unless the config names one."""
+    if not any(o.split("=", 1)[0].strip() == "task" for o in args.overrides):
+        from forgekit.silogen import config_names_task
+
+        if not config_names_task(args.config):
+            args.overrides = ["task=instruction_tuning", *args.overrides]
+    return cmd_finetune(args)
+
+
+def _add_merge_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
+                   help="weights dtype (auto: the base model's)")
+    p.add_argument("--max-shard-size", default="5GB",
+                   help="largest safetensors file, e.g. 5GB or 500MB (larger models are sharded, with an index)")
+    p.add_argument("--no-verify", action="store_true", help="skip comparing merged and adapter logits")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forgekit", description=__doc__.splitlines()[0])
+    parser.add_argument("--logging-level", default="INFO", type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                        help="forgekit's log level (the Silogen engine's option; default INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="validate a config and its data; print every value the run will use")
@@ -137,19 +178,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else local)")
     p.set_defaults(func=cmd_finetune)
 
+    p = sub.add_parser("sft", help="the Silogen engine's sft: finetune with task instruction_tuning (unless the "
+                       "config names a task)")
+    _add_config_args(p)
+    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else local)")
+    p.set_defaults(func=cmd_sft)
+
     p = sub.add_parser("merge", help="merge a LoRA checkpoint into its base model (or re-save full weights) for serving")
     p.add_argument("checkpoint", help="a checkpoint directory, e.g. runs/<run>/checkpoints/step-000100")
     p.add_argument("out_dir", help="where the merged model directory goes")
-    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
-                   help="weights dtype (auto: the base model's)")
-    p.add_argument("--no-verify", action="store_true", help="skip comparing merged and adapter logits")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+    _add_merge_options(p)
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("merge-adapter", help="the Silogen engine's merge_adapter: BASE ADAPTER OUT (= merge)")
+    p.add_argument("basemodel", help="the base model (id or dir); must be the adapter's base")
+    p.add_argument("peftmodel", help="the LoRA adapter directory")
+    p.add_argument("outpath", help="where the merged model directory goes")
+    _add_merge_options(p)
+    p.set_defaults(func=cmd_merge_adapter)
+
+    p = sub.add_parser("export", help="export a checkpoint for a serving engine")
+    targets = p.add_subparsers(dest="target", required=True)
+    v = targets.add_parser("vllm", help="a LoRA checkpoint as an adapter directory vLLM's LoRA loader takes")
+    v.add_argument("checkpoint", help="a LoRA checkpoint directory, e.g. runs/<run>/checkpoints/step-000100")
+    v.add_argument("out_dir", help="where the adapter directory goes")
+    v.add_argument("--name", help="the adapter's name in the printed vllm serve command (default: OUT_DIR's name)")
+    v.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT_DIR")
+    v.set_defaults(func=cmd_export)
 
     p = sub.add_parser("models", help="embedded models")
     p.add_argument("action", choices=["fetch", "list"])
     p.add_argument("name", nargs="?", default="smollm2-135m-instruct")
     p.set_defaults(func=cmd_models)
+
+    from forgekit import shipped
+
+    shipped.register(sub)  # `forgekit ls`, `forgekit cp NAME DEST`: the shipped configs and DeepSpeed presets
 
     try:
         from forgekit.toolcalling.cli import register
@@ -161,9 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    logging.basicConfig(level=getattr(logging, args.logging_level), format="%(message)s")
     # dotted overrides may also follow options (`preview-data cfg.yaml -n 1 context_length=512`)
     if rest and hasattr(args, "overrides") and all("=" in r and not r.startswith("-") for r in rest):
         args.overrides = [*args.overrides, *rest]
@@ -173,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args) or 0
-    except USER_ERRORS as e:
+    except ForgekitError as e:
         if os.environ.get("FORGEKIT_DEBUG"):
             raise
         print(f"error: {e}", file=sys.stderr)

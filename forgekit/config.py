@@ -19,6 +19,7 @@ import dataclasses
 import difflib
 import functools
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +33,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from forgekit.errors import ForgekitError
 
 __all__ = [
     "DEFAULT_LORA",
@@ -47,15 +50,16 @@ __all__ = [
 DEFAULT_LORA: dict[str, Any] = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear"}
 
 
-class ConfigError(Exception):
+class ConfigError(ForgekitError):
     """A config (or its DeepSpeed file) is invalid; `problems` lists each one as `key: message`."""
 
     def __init__(self, problems: list[str], source: str | None = None):
-        self.problems = list(problems)
         self.source = source
-        where = f" in {source}" if source else ""
-        lines = [f"{len(self.problems)} problem(s){where}:"] + [f"  - {p}" for p in self.problems]
-        super().__init__("\n".join(lines))
+        super().__init__(problems)
+
+    def render(self) -> str:
+        where = f" in {self.source}" if self.source else ""
+        return "\n".join([f"{len(self.problems)} problem(s){where}:"] + [f"  - {p}" for p in self.problems])
 
 
 class _Strict(BaseModel):
@@ -147,8 +151,26 @@ class LoggerConfig(_Strict):
         default_factory=dict,
         description="Passed to the provider: for wandb and mlflow each key becomes the WANDB_<KEY> / MLFLOW_<KEY> "
         "environment variable transformers' callback reads (project, entity, tags, tracking_uri, experiment_name, "
-        "...; wandb's group is WANDB_RUN_GROUP); for tensorboard, log_dir (default <run dir>/tensorboard).",
+        "...; wandb's group is WANDB_RUN_GROUP, mlflow's hf_mlflow_log_artifacts is HF_MLFLOW_LOG_ARTIFACTS: "
+        "checkpoints logged as artifacts); for tensorboard, log_dir (default <run dir>/tensorboard). Secrets "
+        "(passwords, tokens, API keys) belong in the environment, never here (forgekit.tracking).",
     )
+
+    @field_validator("provider_config")
+    @classmethod
+    def _no_secrets(cls, v: dict[str, Any]) -> dict[str, Any]:
+        # the resolved config is written to the run directory (config.yaml): no credential may reach it
+        from urllib.parse import urlsplit
+
+        problems = [f"logger.provider_config.{k}: a secret; set it in the environment (e.g. MLFLOW_TRACKING_PASSWORD, "
+                    "WANDB_API_KEY), not in the config" for k in v
+                    if any(word in k.lower() for word in ("password", "token", "api_key", "secret"))]
+        problems += [f"logger.provider_config.{k}: the URI holds a password; set MLFLOW_TRACKING_USERNAME and "
+                     "MLFLOW_TRACKING_PASSWORD in the environment instead" for k, value in v.items()
+                     if isinstance(value, str) and "://" in value and urlsplit(value).password is not None]
+        if problems:  # one problem per key (load_config splits them)
+            raise ValueError(" | ".join(problems))
+        return v
 
 
 class CheckpointFrequency(_Strict):
@@ -175,7 +197,13 @@ class FinetuneConfig(_Strict):
         "classifier_config and no task is a classification run, as in LLMForge); preference_tuning: accepted, "
         "not yet supported.",
     )
-    context_length: int | None = Field(None, ge=8, description="Max tokens per example. Unset: derived from the data.")
+    context_length: int | None = Field(None, ge=8, description=(
+        "Max tokens per example. Unset: derived from the data: the power of two at or above the 95th percentile "
+        "of the training examples' token lengths (at least 512), capped at the model's max_position_embeddings. "
+        "LLMForge takes the larger of the data's need and the model's maximum instead; forgekit keeps a derived "
+        "value within the positions the model was trained on (and the memory a batch needs within what the data "
+        "needs): a context past the model's maximum (RoPE scaling, rope_scaling) is extended only when set here. "
+        "Longer examples follow overlength; the manifest counts them."))
     padding: Literal["longest", "max_length"] = Field(
         "longest", description="'max_length' pads every batch to context_length (worst-case memory)."
     )
@@ -194,7 +222,11 @@ class FinetuneConfig(_Strict):
     )
     overlength: Literal["auto", "drop", "truncate"] = Field(
         "auto",
-        description="forgekit: examples longer than context_length. auto: truncate for causal_lm, else drop.",
+        description="forgekit: examples longer than context_length. auto: truncate for causal_lm, else drop. "
+        "LLMForge truncates every over-length example; forgekit's auto drops those of instruction_tuning and "
+        "classification, whose trained tokens (the answer, the label) come last and would be cut away, leaving "
+        "an answer trained to stop mid-way. Set truncate to follow LLMForge. The manifest (and `forgekit "
+        "validate`) count dropped_overlength and truncated.",
     )
     # --- hardware and batch
     num_devices: int = Field(1, ge=1, description="Number of training workers (GPUs, or CPU processes).")
@@ -266,6 +298,14 @@ class FinetuneConfig(_Strict):
     )
     lora_config: dict[str, Any] | None = Field(
         None, description="peft LoraConfig keywords; unset = full fine-tuning (LoRA r=8 in default mode)."
+    )
+    quant_conf: dict[str, Any] | None = Field(
+        None,
+        description="forgekit (the Silogen engine's section): load the base model quantized by bitsandbytes and "
+        "train a LoRA adapter on it (QLoRA): quantization_type: bits-and-bytes, load_in_4bit or load_in_8bit, and "
+        "transformers BitsAndBytesConfig keywords (bnb_4bit_quant_type: nf4 | fp4, bnb_4bit_compute_dtype, "
+        "bnb_4bit_use_double_quant, bnb_4bit_quant_storage). Needs lora_config and the quant extra "
+        "(forgekit.quantization). Unset: the base model in the training dtype.",
     )
     rope_scaling: dict[str, Any] | None = Field(
         None,
@@ -339,6 +379,19 @@ class FinetuneConfig(_Strict):
             raise ValueError(" | ".join(problems))
         return v
 
+    @field_validator("quant_conf")
+    @classmethod
+    def _quant_keys(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Every key a transformers BitsAndBytesConfig field (or quantization_type), every value of its type."""
+        if v is None:
+            return v
+        from forgekit.quantization import check_quant_conf
+
+        v, problems = check_quant_conf(v)
+        if problems:  # one problem per key (load_config splits them)
+            raise ValueError(" | ".join(problems))
+        return v
+
     @model_validator(mode="before")
     @classmethod
     def _task_from_classifier_config(cls, data: Any) -> Any:
@@ -356,6 +409,9 @@ class FinetuneConfig(_Strict):
             problems.append(f"classifier_config is only used with task: classification (task is {self.task})")
         if self.initial_adapter_model_ckpt_path and self.lora_config is None:
             problems.append("initial_adapter_model_ckpt_path needs lora_config (an adapter continues as LoRA)")
+        if self.quant_conf and self.lora_config is None:
+            problems.append("quant_conf: a quantized base model cannot be fully fine-tuned (its 4/8-bit weights take "
+                            "no updates); add lora_config to train a LoRA adapter on it (QLoRA), or remove quant_conf")
         if self.max_batch_size_per_device and not self.total_batch_size:
             problems.append("max_batch_size_per_device is only used together with total_batch_size")
         per_device, accumulation = self.train_batch_size_per_device, self.gradient_accumulation_steps
@@ -583,10 +639,19 @@ def load_config(
     else:
         path = Path(source)
         name = str(path)
-        data = _read_yaml(path)
+        from forgekit.shipped import resolve_config_paths
+
+        # relative paths in the file: against its directory first (deepspeed.config_path also the shipped presets)
+        data = resolve_config_paths(_read_yaml(path), path.parent)
     before, data = data, apply_overrides(data, overrides)
     derived -= {k for k in data if data[k] != before.get(k)}  # an overridden value is the user's, not derived
     data, notes, legacy_problems = _llmforge_only_keys(data)
+    data, tracking_notes, tracking_problems = _silogen_tracking(data)
+    from forgekit.silogen import silogen_sections
+
+    data, silogen_problems = silogen_sections(data)  # the Silogen engine's other sections: the field to use
+    tracking_problems = tracking_problems + silogen_problems
+    notes, legacy_problems = notes + tracking_notes, legacy_problems + tracking_problems
     if default:
         user_lora = data.get("lora_config")
         if not user_lora:
@@ -629,7 +694,7 @@ def load_config(
     if legacy_problems:
         raise ConfigError(legacy_problems, name)
     cfg._derived = derived
-    cfg._notes = earlier_notes + notes
+    cfg._notes = list(dict.fromkeys(earlier_notes + notes))  # a re-validated config notes a kept key once
     return cfg
 
 
@@ -672,7 +737,124 @@ def _llmforge_only_keys(data: dict) -> tuple[dict, list[str], list[str]]:
         data.pop("preference_tuning_config")
         if data.get("task") != "preference_tuning":  # (with it, the task's own message says it)
             problems.append("preference_tuning_config: belongs to task: preference_tuning, which is not yet supported")
+    _more_llmforge_keys(data, notes, problems)
     return data, notes, problems
+
+
+# the GPU type an Anyscale accelerator shape names (`anyscale/accelerator_shape:4xA10G` -> A10G)
+_SHAPE_GPU = re.compile(r"anyscale/accelerator_shape:(?:\d+x)?(.+)")
+
+
+def _more_llmforge_keys(data: dict, notes: list[str], problems: list[str]) -> None:
+    """The rest of LLMForge's keys, handled in place (see `_llmforge_only_keys`).
+
+    `no_gradient_checkpoint` (older, negated spelling) and `max_num_checkpoints` translate to
+    `gradient_checkpointing` and `num_checkpoints_to_keep`; `num_data_blocks_per_device` (Ray Data streaming) is not
+    used, nor `embedding_scaling_technique: linear` (what forgekit does past the model's maximum; other techniques
+    are rope_scaling); MLflow's `create_experiment_if_not_exists: true` is what transformers' callback does anyway;
+    `anyscale/accelerator_shape:*` worker resources are an error off Anyscale (Ray would wait for them forever);
+    `trainer_resources` is noted as unused.
+    """
+    if "no_gradient_checkpoint" in data:
+        value = data.pop("no_gradient_checkpoint")
+        if not isinstance(value, bool):
+            problems.append(f"no_gradient_checkpoint: expected true or false (got {value!r})")
+        elif data.get("gradient_checkpointing") is value:
+            problems.append(f"no_gradient_checkpoint: {str(value).lower()} contradicts gradient_checkpointing: "
+                            f"{str(value).lower()} (LLMForge's older, negated spelling of it); give only "
+                            "gradient_checkpointing")
+        else:
+            data["gradient_checkpointing"] = not value
+            notes.append(f"no_gradient_checkpoint: {str(value).lower()} -> gradient_checkpointing: "
+                         f"{str(not value).lower()}")
+    if "max_num_checkpoints" in data:
+        value = data.pop("max_num_checkpoints")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            problems.append(f"max_num_checkpoints: expected a positive integer (got {value!r})")
+        elif "num_checkpoints_to_keep" in data and data["num_checkpoints_to_keep"] != value:
+            problems.append(f"max_num_checkpoints: {value} contradicts num_checkpoints_to_keep: "
+                            f"{data['num_checkpoints_to_keep']} (LLMForge's other name for it); give only one")
+        else:
+            data["num_checkpoints_to_keep"] = value
+            notes.append(f"max_num_checkpoints: {value} -> num_checkpoints_to_keep: {value}")
+    if "num_data_blocks_per_device" in data:
+        value = data.pop("num_data_blocks_per_device")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            problems.append(f"num_data_blocks_per_device: expected a positive integer (got {value!r})")
+        notes.append("num_data_blocks_per_device: LLMForge's Ray Data streaming setting; not used (forgekit tokenizes "
+                     "once on the driver and each worker reads the cached rows)")
+    if "embedding_scaling_technique" in data:
+        value = data.pop("embedding_scaling_technique")
+        if value in (None, "linear"):
+            notes.append(f"embedding_scaling_technique: {value or 'null'}: not used; past the model's maximum "
+                         "context forgekit scales RoPE linearly (rope_scaling chooses another way)")
+        else:
+            problems.append(f"embedding_scaling_technique: {value!r} is not supported; set rope_scaling to "
+                            "transformers' RoPE parameters instead, e.g. {rope_type: dynamic, factor: 2.0} "
+                            "(unset, forgekit scales linearly past the model's maximum context)")
+    logger = data.get("logger")
+    provider_config = logger.get("provider_config") if isinstance(logger, dict) else None
+    if isinstance(provider_config, dict) and "create_experiment_if_not_exists" in provider_config:
+        rest = {k: v for k, v in provider_config.items() if k != "create_experiment_if_not_exists"}
+        value = provider_config["create_experiment_if_not_exists"]
+        data["logger"] = {**logger, "provider_config": rest}
+        key = "logger.provider_config.create_experiment_if_not_exists"
+        if logger.get("provider") != "mlflow":
+            problems.append(f"{key}: an MLflow setting, but logger.provider is {logger.get('provider')!r}")
+        elif value is True:
+            notes.append(f"{key}: true: what happens anyway (transformers' MLflow callback creates a missing "
+                         "experiment_name, with mlflow.set_experiment)")
+        elif value is False:
+            problems.append(f"{key}: false cannot be followed: transformers' MLflow callback creates a missing "
+                            "experiment (mlflow.set_experiment); create the experiment first and remove the key")
+        else:
+            problems.append(f"{key}: expected true or false (got {value!r})")
+    resources = data.get("worker_resources")
+    if isinstance(resources, dict) and not os.environ.get("ANYSCALE_CLUSTER_ID"):
+        for name in resources:
+            shape = _SHAPE_GPU.fullmatch(str(name))
+            if str(name).startswith("anyscale/"):
+                instead = f"accelerator_type:{shape[1]}" if shape else "Ray's own resources (accelerator_type:<GPU>)"
+                problems.append(f"worker_resources.{name}: an Anyscale resource, and this is not an Anyscale cluster "
+                                f"($ANYSCALE_CLUSTER_ID is unset): Ray would wait for it forever. Remove it, or ask "
+                                f"for the GPU type with {instead}")
+    if data.get("trainer_resources"):
+        notes.append("trainer_resources: not used (Ray Train 2.60 reserves no resources for its controller); the "
+                     "workers' resources are worker_resources")
+
+
+SILOGEN_TRACKING = {"mlflow_server_uri": "tracking_uri", "experiment_name": "experiment_name",
+                    "hf_mlflow_log_artifacts": "hf_mlflow_log_artifacts"}
+
+
+def _silogen_tracking(data: dict) -> tuple[dict, list[str], list[str]]:
+    """The Silogen engine's `tracking:` section as the `logger` section it means: (data, notes, problems).
+
+    `tracking: {mlflow_server_uri, experiment_name, hf_mlflow_log_artifacts}` is `logger: {provider: mlflow,
+    provider_config: {tracking_uri, experiment_name, hf_mlflow_log_artifacts}}`. An empty `mlflow_server_uri` means,
+    as in Silogen, that the config does not set up MLflow: the environment's `MLFLOW_*` variables decide.
+    """
+    if "tracking" not in data:
+        return data, [], []
+    data, tracking = dict(data), data["tracking"]
+    data.pop("tracking")
+    if tracking is None:
+        tracking = {}
+    if not isinstance(tracking, dict):
+        return data, [], [f"tracking: expected a mapping of {', '.join(SILOGEN_TRACKING)} (got {tracking!r})"]
+    problems = [f"tracking.{k}: unknown key{_did_you_mean(k, set(SILOGEN_TRACKING))}"
+                for k in tracking if k not in SILOGEN_TRACKING]
+    if "logger" in data:
+        problems.append("tracking: Silogen's form of the logger section; give only one of them")
+    if problems:
+        return data, [], problems
+    if not tracking.get("mlflow_server_uri"):
+        return data, ["tracking: no mlflow_server_uri, so the config sets up no MLflow tracking (the "
+                      "environment's MLFLOW_* variables decide)"], []
+    settings = {SILOGEN_TRACKING[k]: v for k, v in tracking.items() if v is not None and v != ""}
+    data["logger"] = {"provider": "mlflow", "provider_config": settings}
+    shown = ", ".join(f"{k}: {v}" for k, v in settings.items())
+    return data, [f"tracking: -> logger: {{provider: mlflow, provider_config: {{{shown}}}}}"], []
 
 
 def with_derived(cfg: FinetuneConfig, **values: Any) -> FinetuneConfig:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from forgekit.errors import ForgekitError
+
 __all__ = ["MAX_REPORTED", "DataError", "Example", "data_fingerprint", "is_hf_dataset_name", "read_examples", "validate_record"]
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -23,16 +25,18 @@ MAX_REPORTED = 50  # problems listed before the report says "... and N more"
 _HF_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?$")
 
 
-class DataError(Exception):
+class DataError(ForgekitError):
     """A data file has problems; `problems` lists them as `file:line: problem`."""
 
     def __init__(self, problems: list[str], total: int | None = None):
-        self.problems = list(problems)
         self.total = total if total is not None else len(problems)
+        super().__init__(problems)
+
+    def render(self) -> str:
         lines = [f"{self.total} problem(s) in the data; nothing was trained:"] + [f"  {p}" for p in self.problems]
         if self.total > len(self.problems):
             lines.append(f"  ... and {self.total - len(self.problems)} more")
-        super().__init__("\n".join(lines))
+        return "\n".join(lines)
 
     def as_problems(self) -> list[str]:
         """The problems as lines of a config report (a ConfigError's), with how many were left out."""
@@ -153,18 +157,13 @@ def _load_hf(name: str, default_split: str = "train") -> Any:
 
 def _read_text(path: str) -> str:
     """The file's text, from a local path or any fsspec URL."""
-    if "://" in path and not path.startswith("file://"):
-        import fsspec
+    from forgekit import storage
 
-        try:
-            with fsspec.open(path, "rt", encoding="utf-8") as f:
-                return f.read()
-        except FileNotFoundError:
-            raise DataError([f"{path}: file not found"]) from None
-        except ImportError as e:  # the protocol's fsspec backend (s3fs, gcsfs, aiohttp, ...) is not installed
-            raise DataError([f"{path}: cannot read: {e}"]) from None
-        except OSError as e:
-            raise DataError([f"{path}: cannot read: {e}"]) from None
+    if storage.is_remote(path):
+        try:  # s3://, gs://, hf://, http(s)://: a missing backend, credentials or bucket is one message
+            return storage.read_text(path)
+        except storage.StorageError as e:
+            raise DataError(e.problems) from None
     local = Path(path.removeprefix("file://"))
     if not local.exists():
         hint = ""

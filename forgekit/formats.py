@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from forgekit.config import PromptFormatConfig
+from forgekit.errors import ForgekitError
 
 __all__ = [
     "BUILTIN_FORMATS",
@@ -40,7 +41,7 @@ __all__ = [
 ]
 
 
-class FormatError(ValueError):
+class FormatError(ForgekitError, ValueError):
     """A conversation cannot be rendered with the chosen format."""
 
 

@@ -8,6 +8,10 @@ comes from the checkpoint when it has one, because forgekit saves the tokenizer 
 run trained with; prompts are then rendered by `forgekit.formats.render`, exactly as in training (tool
 conversations included). `generate` decodes greedily in left-padded batches and stops at the end-of-turn
 token or at a stopping sequence of the run (`generation_config.stopping_sequences`, saved with each checkpoint).
+
+`generate_from_config` is the Silogen engine's `generate CONFIG OUTPUT` (`forgekit generate gen.yaml out.yaml`):
+a YAML generation config (`GENERATE_CONFIG_EXAMPLE`: model, adapter, prompts file, sampling, optional
+`quant_conf`), validated strictly, answered into YAML or JSONL records of `prompt`, `answer` and `correct_answers`.
 """
 
 from __future__ import annotations
@@ -16,37 +20,32 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from forgekit.errors import ForgekitError
 
 __all__ = [
     "GenerationError",
     "default_dtype",
     "eos_token_ids",
     "generate",
+    "generate_from_config",
     "load_adapter",
     "load_base_for_config",
     "load_for_generation",
+    "load_generate_config",
     "render_prompt",
 ]
 
 log = logging.getLogger("forgekit")
 
 
-class GenerationError(RuntimeError):
+class GenerationError(ForgekitError, RuntimeError):
     """A checkpoint cannot be loaded for generation; the message says what is missing."""
 
 
 def _has_tokenizer(path: Path) -> bool:
     return (path / "tokenizer_config.json").is_file()
-
-
-def cpu_has_bf16() -> bool:
-    """Whether the CPU multiplies bfloat16 natively (Intel AMX or AVX512-BF16, read from /proc/cpuinfo)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def default_dtype(device: str) -> Any:
@@ -59,6 +58,8 @@ def default_dtype(device: str) -> Any:
     forced = os.environ.get("FORGEKIT_GENERATE_DTYPE")
     if forced:
         return getattr(torch, forced)
+    from forgekit.hardware import cpu_has_bf16
+
     if device.startswith("cuda") or (device == "cpu" and cpu_has_bf16()):
         return torch.bfloat16
     return torch.float32
@@ -103,12 +104,15 @@ def load_for_generation(path: str | Path, *, dtype: Any = None, device: str | No
     return model, tok
 
 
-def load_adapter(path: str | Path, *, dtype: Any) -> tuple[Any, Any, str]:
+def load_adapter(path: str | Path, *, dtype: Any, base: str | None = None,
+                 quantization_config: Any = None) -> tuple[Any, Any, str]:
     """A LoRA adapter dir on its base model, not merged: `(peft model, tokenizer, base model id)`.
 
-    The base is `base_model_name_or_path` of `adapter_config.json` (resolved with
-    `forgekit.models.resolve_model_path`); the tokenizer is the adapter dir's when it has one (forgekit saves it
-    with the training chat template and any tokens added in training, for which the embeddings are resized).
+    The base is `base` where given (the same model elsewhere, e.g. a local copy), else `base_model_name_or_path`
+    of `adapter_config.json` (resolved with `forgekit.models.resolve_model_path`); the tokenizer is the adapter
+    dir's when it has one (forgekit saves it with the training chat template and any tokens added in training, for
+    which the embeddings are resized). `quantization_config` (a `BitsAndBytesConfig`) loads the base quantized, on
+    the CPU or the first GPU.
 
     Raises:
         GenerationError: no base model named, or it cannot be loaded.
@@ -120,13 +124,19 @@ def load_adapter(path: str | Path, *, dtype: Any) -> tuple[Any, Any, str]:
 
     local = Path(str(path))
     adapter_cfg = local / "adapter_config.json"
-    base_id = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
+    base_id = base or json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
     if not base_id:
         raise GenerationError(f"{adapter_cfg}: no base_model_name_or_path; cannot tell which model to load")
     base = resolve_model_path(base_id)
     tok = AutoTokenizer.from_pretrained(str(local) if _has_tokenizer(local) else base)
+    quantized = {}
+    if quantization_config is not None:  # bitsandbytes places the layers itself: on the device given here
+        import torch
+
+        quantized = {"quantization_config": quantization_config,
+                     "device_map": {"": 0 if torch.cuda.is_available() else "cpu"}}
     try:
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, **quantized)
     except OSError as e:
         raise GenerationError(f"{adapter_cfg}: cannot load the base model {base_id!r}: {e}") from None
     if len(tok) > model.get_input_embeddings().num_embeddings:  # tokens added in training (e.g. labels)
@@ -217,6 +227,8 @@ def generate(
     batch_size: int = 8,
     greedy: bool = True,
     temperature: float = 0.7,
+    top_p: float | None = None,
+    stop: Sequence[str] = (),
     stop_when: Callable[[str, int], bool] | None = None,
     num_threads: int | None = None,
     progress: bool = False,
@@ -234,6 +246,9 @@ def generate(
             little padding and few decoding steps).
         greedy: greedy decoding (deterministic); False samples with `temperature`.
         temperature: sampling temperature when not greedy.
+        top_p: nucleus sampling when not greedy: sample from the most likely tokens that together hold `top_p` of
+            the probability (None: all tokens).
+        stop: strings that end a generation (cut before them), besides the run's `stopping_sequences`.
         stop_when: `(text so far, new tokens so far) -> bool`, checked every 8 tokens; a row stops when it is
             true (e.g. once it is clear that an answer will not contain what is being looked for).
         num_threads: CPU threads for PyTorch while generating (restored after); None keeps the current
@@ -268,18 +283,20 @@ def generate(
         torch.set_num_threads(num_threads)
     try:
         return _generate_batches(model, tok, conversations, tools, budgets, batch_size, greedy, temperature, stop_when,
-                                 progress)
+                                 progress, top_p=top_p, stop=stop)
     finally:
         torch.set_num_threads(threads)
 
 
 def _generate_batches(model: Any, tok: Any, conversations: Sequence[list[dict]], tools: Any, budgets: list[int],
-                      batch_size: int, greedy: bool, temperature: float, stop_when: Any, progress: bool) -> list[str]:
+                      batch_size: int, greedy: bool, temperature: float, stop_when: Any, progress: bool, *,
+                      top_p: float | None = None, stop: Sequence[str] = ()) -> list[str]:
     import torch
     from transformers import GenerationConfig, StoppingCriteriaList
 
     n = len(conversations)
     stops = list(getattr(model.generation_config, "stop_strings", None) or [])  # the run's stopping_sequences
+    stops += [s for s in stop if s not in stops]
     prompts = [render_prompt(list(c), tok, tools[i] if tools else None) for i, c in enumerate(conversations)]
     encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(n), key=lambda i: (budgets[i] // 32, len(encoded[i])))
@@ -294,7 +311,7 @@ def _generate_batches(model: Any, tok: Any, conversations: Sequence[list[dict]],
             max_new_tokens=max(row_budgets),
             do_sample=not greedy,
             temperature=None if greedy else temperature,
-            top_p=None,
+            top_p=None if greedy else top_p,
             top_k=None,
             eos_token_id=eos_token_ids(model, tok),
             pad_token_id=tok.pad_token_id,
@@ -311,3 +328,205 @@ def _generate_batches(model: Any, tok: Any, conversations: Sequence[list[dict]],
         if progress:
             log.info("generate: %d/%d conversations", min(b + batch_size, n), n)
     return outputs
+
+
+# --- `forgekit generate CONFIG OUTPUT`: the Silogen engine's generation config
+
+GENERATE_CONFIG_EXAMPLE = """\
+model: smollm2-135m-instruct          # model id, alias or dir (the base, when adapter is set)
+adapter: runs/<run>/checkpoints/step-000100   # optional LoRA adapter (its tokenizer and chat template are used)
+prompts: questions.jsonl              # JSONL or YAML list: {prompt: "..."} or {messages: [...]}, + correct_answers
+sampling:                             # optional; greedy by default
+  temperature: 0.0                    # 0: greedy (deterministic); > 0 samples
+  top_p: 1.0
+  max_new_tokens: 256
+  stop: []                            # strings that end an answer (cut before them)
+batch_size: 8
+quant_conf:                           # optional: load the model quantized (bitsandbytes), as in training
+  quantization_type: bits-and-bytes
+  load_in_4bit: true
+"""
+
+
+def _generate_config_models() -> tuple[type, type]:
+    """The pydantic schema of a generation config (built on first use: pydantic loads only where it is needed)."""
+    from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+    class Sampling(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        temperature: float = Field(0.0, ge=0, description="0 (the default): greedy decoding; above 0 samples.")
+        top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling's probability mass (when sampling).")
+        max_new_tokens: int = Field(256, ge=1, description="The longest answer, in tokens.")
+        stop: list[str] = Field(default_factory=list, description="Strings that end an answer (cut before them).")
+
+    class GenerateConfig(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        model: str = Field(..., description="Model id, alias or dir; the base model when adapter is set.")
+        adapter: str | None = Field(None, description="A LoRA adapter dir; its tokenizer and chat template are used.")
+        prompts: str = Field(..., description="JSONL or YAML list of {prompt: str} or {messages: [...]} records, "
+                             "optionally with correct_answers (copied to the output).")
+        sampling: Sampling = Field(default_factory=Sampling)
+        batch_size: int = Field(8, ge=1)
+        output_format: Literal["auto", "yaml", "jsonl"] = Field("auto", description="yaml or jsonl; auto: from the output file's suffix.")
+        seed: int = Field(0, description="Seed for sampling.")
+        quant_conf: dict[str, Any] | None = Field(None, description="Load the model quantized (forgekit.quantization).")
+
+        @field_validator("quant_conf")
+        @classmethod
+        def _quant(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+            from forgekit.quantization import check_quant_conf
+
+            if v is None:
+                return v
+            v, problems = check_quant_conf(v)
+            if problems:
+                raise ValueError(" | ".join(problems))
+            return v
+
+    return GenerateConfig, Sampling
+
+
+def load_generate_config(source: str | Path | dict) -> Any:
+    """A generation config (YAML file or dict), validated strictly: unknown keys and bad values are errors.
+
+    Raises:
+        ConfigError: every problem, each with its dotted key.
+    """
+    from pydantic import ValidationError
+
+    from forgekit.config import ConfigError, _describe, _read_yaml
+
+    schema, _ = _generate_config_models()
+    name = None if isinstance(source, dict) else str(source)
+    data = source if isinstance(source, dict) else _read_yaml(Path(source))
+    try:
+        return schema.model_validate(data)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            text = _describe(err, schema)
+            key = ".".join(str(p) for p in err["loc"])
+            problems.extend(text.removeprefix(f"{key}: ").split(" | ") if text.startswith(f"{key}: {key}") else [text])
+        raise ConfigError(problems, name) from None
+
+
+def read_prompts(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a prompts file: JSONL, or a YAML list (`.yaml` / `.yml`), each `{prompt: str}` or
+    `{messages: [...]}`, optionally with `correct_answers`.
+
+    Raises:
+        DataError: a record that is neither, with `file:line` (JSONL) or `file: record N` (YAML).
+    """
+    import yaml
+
+    from forgekit.data import DataError
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise DataError([f"{path}: cannot read the prompts: {e.strerror}"]) from None
+    problems, rows = [], []
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            items = yaml.safe_load(text) or []
+        except yaml.YAMLError as e:
+            raise DataError([f"{path}: invalid YAML: {e}"]) from None
+        if not isinstance(items, list):
+            raise DataError([f"{path}: expected a list of prompt records"])
+        numbered = [(f"{path}: record {i}", item) for i, item in enumerate(items, 1)]
+    else:
+        numbered = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                numbered.append((f"{path}:{n}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                problems.append(f"{path}:{n}: invalid JSON: {e.msg}")
+    for where, item in numbered:
+        ok = isinstance(item, dict) and (isinstance(item.get("prompt"), str) or (
+            isinstance(item.get("messages"), list) and all(isinstance(m, dict) for m in item["messages"])))
+        if ok:
+            rows.append(item)
+        else:
+            problems.append(f"{where}: expected {{prompt: <text>}} or {{messages: [...]}}")
+    if problems:
+        raise DataError(problems[:20], total=len(problems))
+    if not rows:
+        raise DataError([f"{path}: no prompts"])
+    return rows
+
+
+def _load_for_config(cfg: Any) -> tuple[Any, Any]:
+    """The model and tokenizer a generation config names, quantized where it says so."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from forgekit.models import resolve_model_path
+    from forgekit.quantization import bnb_config, quantization_problems
+
+    if not cfg.quant_conf:
+        if cfg.adapter:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            model, tok, _ = load_adapter(cfg.adapter, dtype=default_dtype(device), base=cfg.model)
+            model = model.merge_and_unload().to(device).eval()
+            tok.padding_side = "left"
+            tok.pad_token = tok.pad_token or tok.eos_token
+            return model, tok
+        return load_for_generation(cfg.model)
+    problems = quantization_problems(cfg.quant_conf, use_gpu=torch.cuda.is_available())
+    if problems:
+        from forgekit.config import ConfigError
+
+        raise ConfigError(problems)
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    q = bnb_config(cfg.quant_conf, compute_dtype=dtype)
+    if cfg.adapter:  # not merged: the adapter runs on top of the quantized layers
+        model, tok, _ = load_adapter(cfg.adapter, dtype=dtype, base=cfg.model, quantization_config=q)
+    else:
+        source = resolve_model_path(cfg.model)
+        tok = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, quantization_config=q, device_map={"": 0 if torch.cuda.is_available() else "cpu"})
+    tok.padding_side = "left"
+    tok.pad_token = tok.pad_token or tok.eos_token
+    return model.eval(), tok
+
+
+def generate_from_config(config: str | Path | dict, output: str | Path) -> list[dict[str, Any]]:
+    """Answer every prompt of a generation config (`GENERATE_CONFIG_EXAMPLE`) and write the records to `output`.
+
+    Each record carries `prompt` (as the input gave it: text or messages), `answer`, and `correct_answers` where
+    the input record has them. The output is a YAML list (`.yaml` / `.yml`, or `output_format: yaml`) or JSONL.
+
+    Raises:
+        ConfigError: the config is invalid (every problem, with its key), or the machine cannot load it quantized.
+        DataError: a prompt record is malformed (`file:line`).
+    """
+    import torch
+    import yaml
+
+    cfg = load_generate_config(config)
+    rows = read_prompts(cfg.prompts)
+    model, tok = _load_for_config(cfg)
+    torch.manual_seed(cfg.seed)
+    s = cfg.sampling
+    conversations = [r["messages"] if "messages" in r else [{"role": "user", "content": r["prompt"]}] for r in rows]
+    answers = generate((model, tok), conversations, max_new_tokens=s.max_new_tokens, batch_size=cfg.batch_size,
+                       greedy=s.temperature == 0, temperature=s.temperature or 1.0,
+                       top_p=s.top_p if s.top_p < 1 else None, stop=s.stop)
+    records = []
+    for row, answer in zip(rows, answers):
+        record = {"prompt": row["prompt"] if "prompt" in row else row["messages"], "answer": answer}
+        if "correct_answers" in row:
+            record["correct_answers"] = row["correct_answers"]
+        records.append(record)
+    out = Path(output)
+    fmt = cfg.output_format if cfg.output_format != "auto" else ("yaml" if out.suffix in (".yaml", ".yml") else "jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "yaml":
+        out.write_text(yaml.safe_dump(records, sort_keys=False, allow_unicode=True))
+    else:
+        out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return records

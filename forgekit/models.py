@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from forgekit.errors import ForgekitError
+
 __all__ = [
     "EMBEDDED_MODELS",
     "EmbeddedModel",
@@ -51,7 +53,7 @@ MARKER = "forgekit_model.json"
 _PARTIAL = ".partial-"
 
 
-class ModelError(RuntimeError):
+class ModelError(ForgekitError, RuntimeError):
     """An embedded model cannot be found, fetched or resolved; the message says what to do."""
 
 

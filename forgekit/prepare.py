@@ -1,13 +1,14 @@
 """Data preparation on the driver, once: records → prompt format → token ids + label mask (+ packing), cached.
 
-`prepare_data(cfg)` reads and validates the data, renders every conversation with the prompt format,
+`prepare_data(cfg, spec)` reads and validates the data, renders every conversation with the prompt format,
 tokenizes it with its label mask (-100 = not trained), applies the over-length policy, optionally packs
 examples into rows, and saves the result as `datasets` folders with a `manifest.json`. The cache key is a
 hash of the data, the tokenizer (vocabulary, added tokens, chat template), the prompt format and the
-config fields that change tokens; a second run with the same inputs reuses the folder.
+`DataSpec` (context length, packing); a second run with the same inputs reuses the folder.
 
-It also derives what the config left unset (context length from the data, batch sizes, epochs) and
-returns a resolved config whose `derived` set names those values. `collate` turns rows into a batch.
+Data only: the batch, epochs and steps are the plan's (`forgekit.plan`). The one value derived here is the
+context length when the config leaves it unset (the data's 95th percentile, a power of two, at most the
+model's maximum): it decides which examples fit. `collate` turns rows into a batch.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from forgekit import __version__
-from forgekit.config import ConfigError, FinetuneConfig, with_derived
+from forgekit.config import ConfigError, FinetuneConfig
 from forgekit.data import DataError, Example, data_fingerprint, is_hf_dataset_name, read_examples
 from forgekit.formats import (
     FormatError,
@@ -37,38 +38,58 @@ from forgekit.formats import (
     role_format_to_jinja,
     tokenize_rendered,
 )
+from forgekit.models import cache_root
 
 __all__ = [
+    "DataSpec",
     "PreparedData",
     "cache_root",
     "collate",
     "count_real_tokens",
+    "data_spec",
     "load_tokenizer",
     "pack_rows",
     "prepare_data",
     "preview_data",
+    "read_data",
 ]
 
 log = logging.getLogger("forgekit")
 PREP_VERSION = 2  # bump when the on-disk format or tokenization rules change
-MIN_CONTEXT, CPU_TOKENS_PER_DEVICE, GPU_TOKENS_PER_DEVICE = 512, 2048, 16384
+MIN_CONTEXT = 512  # the smallest derived context length
 
 
-@dataclass
+@dataclass(frozen=True)
+class DataSpec:
+    """How the data is cut: `context_length` (None: derived from the data) and `packing`."""
+
+    context_length: int | None
+    packing: bool
+
+
+def data_spec(cfg: FinetuneConfig, use_gpu: bool) -> DataSpec:
+    """The config's context length and packing, packing's default filled for the hardware.
+
+    Packing pays where attention can skip across examples cheaply (varlen / flex on GPUs); on CPU the per-example
+    attention of a packed row costs about what the padding it saves did (optimize_cost's default run: 244 vs 235
+    real tokens/s, docs/notebook_runs.md), so CPU runs keep padding.
+    """
+    packing = cfg.packing
+    if packing is None:
+        packing = use_gpu and cfg.task in ("instruction_tuning", "causal_lm") and cfg.padding == "longest"
+    return DataSpec(context_length=cfg.context_length, packing=bool(packing))
+
+
+@dataclass(frozen=True)
 class PreparedData:
-    """Tokenized datasets on disk and what was derived from them."""
+    """Tokenized datasets on disk (absolute paths) and their manifest (counts, lengths, `context_length`)."""
 
     train_dir: Path
     valid_dir: Path | None
     tokenizer_dir: Path
     manifest: dict[str, Any]
-    resolved: FinetuneConfig
     cache_dir: Path
-
-
-def cache_root() -> Path:
-    """Root of forgekit's caches: `$FORGEKIT_CACHE`, else `~/.cache/forgekit`."""
-    return Path(os.environ.get("FORGEKIT_CACHE") or Path.home() / ".cache" / "forgekit")
+    spec: DataSpec
 
 
 def _model_path(cfg: FinetuneConfig) -> str:
@@ -128,7 +149,7 @@ def _tokenizer_fingerprint(tok: Any) -> str:
     return h.hexdigest()
 
 
-def _cache_key(cfg: FinetuneConfig, tok: Any, model_max: int | None) -> tuple[str, dict]:
+def _cache_key(cfg: FinetuneConfig, spec: DataSpec, tok: Any, model_max: int | None) -> tuple[str, dict]:
     fmt = cfg.generation_config.prompt_format
     parts = {
         "version": PREP_VERSION,
@@ -137,10 +158,10 @@ def _cache_key(cfg: FinetuneConfig, tok: Any, model_max: int | None) -> tuple[st
         "tokenizer": _tokenizer_fingerprint(tok),
         "prompt_format": fmt.model_dump() if hasattr(fmt, "model_dump") else fmt,
         "task": cfg.task,
-        "context_length": cfg.context_length,
+        "context_length": spec.context_length,
         "model_max": model_max,
         "overlength": cfg.overlength,
-        "packing": cfg.packing,
+        "packing": spec.packing,
         "labels": cfg.classifier_config.label_tokens if cfg.classifier_config else None,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20], parts
@@ -246,7 +267,15 @@ def _length_stats(lengths: list[int]) -> dict:
 
 
 def read_data(cfg: FinetuneConfig) -> tuple[list, list | None]:
-    """The training and validation examples, read and validated; DataError with the problems of both files."""
+    """The training and validation examples, read and validated; DataError with the problems of both files.
+
+    Raises:
+        ConfigError: `valid_path` names a Hugging Face dataset without a split.
+        DataError: the problems of both files, each `file:line: problem`.
+    """
+    if cfg.valid_path and is_hf_dataset_name(cfg.valid_path) and ":" not in cfg.valid_path:
+        raise ConfigError([f"valid_path: {cfg.valid_path} names a Hugging Face dataset without a split, so it would "
+                           f"evaluate on its train split; name one: {cfg.valid_path}:validation (or :test)"])
     examples, problems, total = {}, [], 0
     for key in ("train_path", "valid_path"):
         path = getattr(cfg, key)
@@ -261,7 +290,7 @@ def read_data(cfg: FinetuneConfig) -> tuple[list, list | None]:
     return examples["train_path"], examples.get("valid_path")
 
 
-def _build(cfg: FinetuneConfig, tok: Any, model_max: int | None, target: Path, key_parts: dict) -> dict:
+def _build(cfg: FinetuneConfig, spec: DataSpec, tok: Any, model_max: int | None, target: Path, key_parts: dict) -> dict:
     started = time.time()
     train, valid = read_data(cfg)
     train_rows, _ = _tokenize_all(train, tok, cfg)
@@ -269,7 +298,7 @@ def _build(cfg: FinetuneConfig, tok: Any, model_max: int | None, target: Path, k
     if valid is not None:
         valid_rows, _ = _tokenize_all(valid, tok, cfg)
     lengths = [len(r[0]) for r in train_rows]
-    ctx = cfg.context_length or _pow2_context(lengths, model_max)
+    ctx = spec.context_length or _pow2_context(lengths, model_max)
     policy = cfg.overlength if cfg.overlength != "auto" else ("truncate" if cfg.task == "causal_lm" else "drop")
     kept, counts = _apply_length_policy(train_rows, ctx, policy)
     supervised = sum(sum(x != -100 for x in r[1][1:]) for r in train_rows)
@@ -293,7 +322,7 @@ def _build(cfg: FinetuneConfig, tok: Any, model_max: int | None, target: Path, k
 
     disable_progress_bars()
 
-    cols, pack_stats = _to_columns(kept, ctx, cfg.packing)
+    cols, pack_stats = _to_columns(kept, ctx, spec.packing)
     Dataset.from_dict(cols).save_to_disk(str(tmp / "train"))
     manifest: dict[str, Any] = {
         "forgekit_version": __version__,
@@ -303,7 +332,7 @@ def _build(cfg: FinetuneConfig, tok: Any, model_max: int | None, target: Path, k
         "valid_path": cfg.valid_path,
         "task": cfg.task,
         "context_length": ctx,
-        "context_length_derived": cfg.context_length is None,
+        "context_length_derived": spec.context_length is None,
         "model_max_length": model_max,
         "overlength_policy": policy,
         "train_examples": len(train_rows),
@@ -331,99 +360,45 @@ def _build(cfg: FinetuneConfig, tok: Any, model_max: int | None, target: Path, k
     return json.loads((target / "manifest.json").read_text())
 
 
-def _resolve_batch(cfg: FinetuneConfig, use_gpu: bool) -> dict[str, Any]:
-    """Per-device batch, accumulation and eval batch the run uses (only those the user left unset)."""
-    from forgekit.batching import derive_batch_sizes
-
-    out: dict[str, Any] = {}
-    if cfg.total_batch_size:
-        per_device, accum = derive_batch_sizes(cfg.total_batch_size, cfg.max_batch_size_per_device, cfg.num_devices)
-        out.update(train_batch_size_per_device=per_device, gradient_accumulation_steps=accum)
-    else:
-        if cfg.train_batch_size_per_device is None:
-            budget = GPU_TOKENS_PER_DEVICE if use_gpu else CPU_TOKENS_PER_DEVICE
-            ctx = cfg.context_length or MIN_CONTEXT
-            out["train_batch_size_per_device"] = int(min(16, max(1, 2 ** int(math.log2(max(budget // ctx, 1))))))
-        if cfg.gradient_accumulation_steps is None:
-            out["gradient_accumulation_steps"] = 1
-    if cfg.eval_batch_size_per_device is None:
-        out["eval_batch_size_per_device"] = out.get("train_batch_size_per_device", cfg.train_batch_size_per_device)
-    return out
-
-
-def _resolve(cfg: FinetuneConfig, manifest: dict, use_gpu: bool) -> FinetuneConfig:
-    values: dict[str, Any] = {}
-    if cfg.context_length is None:
-        values["context_length"] = manifest["context_length"]
-    cfg_ctx = with_derived(cfg, **values) if values else cfg
-    values.update(_resolve_batch(cfg_ctx, use_gpu))
-    if cfg.num_epochs is None:
-        per_step = (
-            values.get("train_batch_size_per_device", cfg.train_batch_size_per_device)
-            * values.get("gradient_accumulation_steps", cfg.gradient_accumulation_steps)
-            * cfg.num_devices
-        )
-        steps_per_epoch = max(1, manifest["train_rows"] // per_step)
-        values["num_epochs"] = max(1, math.ceil(cfg.min_num_update_steps / steps_per_epoch))
-    return with_derived(cfg, **values) if values else cfg
-
-
-def prepare_data(cfg: FinetuneConfig, *, use_gpu: bool | None = None, root: Path | None = None) -> PreparedData:
-    """Validate, tokenize and cache the config's data; derive unset values.
+def prepare_data(cfg: FinetuneConfig, spec: DataSpec | None = None, *, use_gpu: bool | None = None,
+                 root: Path | None = None) -> PreparedData:
+    """Validate, tokenize and cache the config's data.
 
     Args:
         cfg: a validated config.
-        use_gpu: whether the run trains on GPUs (sizes the default batch); None: `cfg.use_gpu`, else whether
-            this machine has a CUDA device.
+        spec: context length and packing (`data_spec`); None: `data_spec(cfg, use_gpu)`.
+        use_gpu: for packing's default when `spec` is None: None = `cfg.use_gpu`, else whether this machine
+            has a CUDA device.
         root: cache root (default `cache_root()`).
 
     Raises:
         DataError: the data has problems (each `file:line: problem`).
-        ConfigError: derived values conflict with the config (e.g. the batch-size rule cannot be met).
+        ConfigError: the model's tokenizer cannot be loaded.
     """
-    if cfg.valid_path and is_hf_dataset_name(cfg.valid_path) and ":" not in cfg.valid_path:
-        raise ConfigError([f"valid_path: {cfg.valid_path} names a Hugging Face dataset without a split, so it would "
-                           f"evaluate on its train split; name one: {cfg.valid_path}:validation (or :test)"])
-    if use_gpu is None:
-        import torch
+    if spec is None:
+        if use_gpu is None:
+            import torch
 
-        use_gpu = cfg.use_gpu if cfg.use_gpu is not None else torch.cuda.is_available()
-    if cfg.packing is None:
-        # packing pays where attention can skip across examples cheaply (varlen / flex on GPUs); on CPU the
-        # per-example attention of a packed row costs about what the padding it saves did (optimize_cost's
-        # default run: 244 vs 235 real tokens/s, docs/notebook_runs.md), so CPU runs keep padding
-        auto = use_gpu and cfg.task in ("instruction_tuning", "causal_lm") and cfg.padding == "longest"
-        cfg = with_derived(cfg, packing=auto)
-    try:
-        tok = load_tokenizer(cfg)
-    except (FormatError, ConfigError) as e:  # the data's own problems are reported with it
-        problems = getattr(e, "problems", None) or [str(e)]
-        try:
-            read_data(cfg)
-        except DataError as data_error:
-            problems += data_error.as_problems()
-        raise ConfigError(problems) from None
+            use_gpu = cfg.use_gpu if cfg.use_gpu is not None else torch.cuda.is_available()
+        spec = data_spec(cfg, use_gpu)
+    tok = load_tokenizer(cfg)
     model_max = _model_max_length(cfg)
-    try:
-        key, parts = _cache_key(cfg, tok, model_max)
-    except DataError:  # a file that cannot be read: with the other file's problems, if it has any
-        read_data(cfg)
-        raise
-    target = (root or cache_root()) / "prepared" / key
+    key, parts = _cache_key(cfg, spec, tok, model_max)
+    target = ((root or cache_root()) / "prepared" / key).absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
     if (target / "manifest.json").exists():
         manifest = json.loads((target / "manifest.json").read_text())
         manifest["cache_hit"] = True
     else:
-        manifest = _build(cfg, tok, model_max, target, parts)
+        manifest = _build(cfg, spec, tok, model_max, target, parts)
         manifest["cache_hit"] = False
     return PreparedData(
         train_dir=target / "train",
         valid_dir=(target / "valid") if (target / "valid").exists() else None,
         tokenizer_dir=target / "tokenizer",
         manifest=manifest,
-        resolved=_resolve(cfg, manifest, use_gpu),
         cache_dir=target,
+        spec=spec,
     )
 
 

@@ -199,7 +199,7 @@ EMBEDDED = [p for p in CONFIGS if _runs_here_on_shipped_data(p)]
 @pytest.mark.parametrize("path", EMBEDDED, ids=rel)
 def test_embedded_model_configs_prepare_their_data(path, sample_data, embedded_model_dir, tmp_path):
     """What `forgekit validate` does for configs that run here: tokenize the shipped data with the model."""
-    from forgekit.prepare import prepare_data
+    from forgekit.plan import plan_run
 
     raw = yaml.safe_load(path.read_text())
     overrides = [
@@ -208,10 +208,10 @@ def test_embedded_model_configs_prepare_their_data(path, sample_data, embedded_m
         if str(raw.get(k, "")).startswith("data/generated/")
     ]
     cfg = load_config(path, overrides, default=is_default_mode(path))
-    prepared = prepare_data(cfg, use_gpu=False, root=tmp_path / "cache")
-    m = prepared.manifest
+    plan = plan_run(cfg, use_gpu=False, root=tmp_path / "cache")
+    m = plan.data.manifest
     assert m["train_rows"] > 0 and 0 < m["supervised_share"] < 1
-    assert prepared.resolved.context_length and prepared.resolved.num_epochs
+    assert plan.resolved.context_length and plan.resolved.num_epochs
 
 
 # the CPU configs of training_configs/ (the quickstart's own run is tests/integration/test_quickstart_script.py)
@@ -297,7 +297,7 @@ def test_every_referenced_deepspeed_file_is_shipped():
 )
 def test_deepspeed_file_agrees_with_the_yaml(path, monkeypatch):
     """The check `forgekit finetune` runs before reserving GPUs: no preset value contradicts the YAML."""
-    from forgekit.train import deepspeed_config
+    from forgekit.plan import deepspeed_config
 
     monkeypatch.chdir(REPO)  # config paths are relative to the repository root, where the Run command runs
     ds = deepspeed_config(load_config(path, default=is_default_mode(path)), bf16=True)

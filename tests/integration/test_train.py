@@ -241,7 +241,8 @@ def test_saved_full_model_loads_in_plain_transformers(runs, data, stage):
 
 def test_weights_only_checkpoints_are_smaller_and_refuse_to_resume(runs):
     from forgekit.config import ConfigError
-    from forgekit.train import _last_checkpoint, has_optimizer_state
+    from forgekit.train import _last_checkpoint
+    from forgekit.worker.checkpoints import has_optimizer_state
 
     full = Path(runs[("zero_2", False)]["best_checkpoint"])
     weights_only_run = Path(runs[("zero_3", False)]["run_dir"])
@@ -361,7 +362,7 @@ def test_killed_run_resumes_to_the_same_final_loss(ray_cluster, tiny_model_dir, 
                  neftune_noise_alpha=5.0)
     reference = finetune(load_config({**cfg, "output_dir": str(tmp_path / "reference")}), progress=False)
     path = write_config(tmp_path / "cfg.yaml", cfg)
-    env = {**os.environ, "FORGEKIT_MAX_FAILURES": "0", "FORGEKIT_SLOW_STEP_SECONDS": "1.5"}
+    env = {**os.environ, "FORGEKIT_MAX_FAILURES": "0", "FORGEKIT_FAULTS": "slow_step=1.5"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen([*CLI, "finetune", str(path)], cwd=tmp_path, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -376,7 +377,7 @@ def test_killed_run_resumes_to_the_same_final_loss(ray_cluster, tiny_model_dir, 
     killed_at = max(_train_losses(run_dir))
     assert killed_at < 6 and not (run_dir / "result.json").exists()
 
-    resumed = subprocess.run([*CLI, "finetune", str(path)], cwd=tmp_path, env={**env, "FORGEKIT_SLOW_STEP_SECONDS": "0"},
+    resumed = subprocess.run([*CLI, "finetune", str(path)], cwd=tmp_path, env={**env, "FORGEKIT_FAULTS": ""},
                              capture_output=True, text=True, timeout=300, check=False)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     result = json.loads((run_dir / "result.json").read_text())
@@ -391,15 +392,14 @@ def test_a_worker_lost_after_a_checkpoint_is_restarted_by_ray_and_resumes(runs, 
     """Ray's FailureConfig (max_failures 1): a worker dies after step 3's checkpoint; Ray restarts the worker group,
     which resumes from that checkpoint, and the run ends exactly where an uninterrupted run does.
 
-    Each worker acts as the only worker of its own node (FORGEKIT_TEST_WORKER_PER_NODE), as on a multi-node
+    Each worker acts as the only worker of its own node (FORGEKIT_FAULTS=node_per_worker), as on a multi-node
     cluster with shared storage: a checkpoint is gathered from both nodes' parts, the second node being a second
     slower, and it must never be visible without that node's part (its ZeRO optimizer shard and RNG state, which
     the resume needs).
     """
     reference = runs[("zero_2", True)]  # the same config, run without interruption
     path = write_config(tmp_path / "cfg.yaml", config(tiny_model_dir, data, tmp_path / "runs", lora_config=LORA))
-    env = {**os.environ, "FORGEKIT_MAX_FAILURES": "1", "FORGEKIT_TEST_DIE_ONCE_AFTER_STEP": "3",
-           "FORGEKIT_TEST_WORKER_PER_NODE": "1"}
+    env = {**os.environ, "FORGEKIT_MAX_FAILURES": "1", "FORGEKIT_FAULTS": "die_after_step=3,node_per_worker=1"}
     env.pop("RAY_ADDRESS", None)  # its own cluster, whose workers inherit the variables
     run_dir = tmp_path / "runs" / Path(reference["run_dir"]).name
     proc = subprocess.Popen([*CLI, "finetune", str(path)], cwd=tmp_path, env=env, text=True,
@@ -473,7 +473,7 @@ def test_the_best_checkpoint_by_eval_loss_is_kept_when_later_ones_are_worse(ray_
 
 def test_deepspeed_bf16_overflow_scan_is_off_unless_the_json_sets_it(tmp_path):
     from forgekit.config import load_config
-    from forgekit.train import deepspeed_config
+    from forgekit.plan import deepspeed_config
 
     cfg = load_config({"model_id": "m", "train_path": "t", "train_batch_size_per_device": 2,
                        "gradient_accumulation_steps": 1, "deepspeed": {"config_path": str(REPO / "deepspeed_configs/zero_2.json")}})
@@ -527,10 +527,9 @@ def test_worker_failure_exits_non_zero_with_the_workers_message(tiny_model_dir, 
 @pytest.mark.parametrize("has_bf16", [True, False])
 def test_precision_on_cpu_workers(monkeypatch, has_bf16):
     """auto and fp32 train CPU workers in fp32; bf16 autocasts where the CPU has bf16 instructions, else fp32."""
-    import forgekit.generate
-    from forgekit.train import _precision
+    from forgekit.hardware import Hardware, precision_for
 
-    monkeypatch.setattr(forgekit.generate, "cpu_has_bf16", lambda: has_bf16)
-    assert _precision("auto", on_gpu=False) == (False, False)
-    assert _precision("fp32", on_gpu=False) == (False, False)
-    assert _precision("bf16", on_gpu=False) == (False, has_bf16)  # (bf16 weights, bf16 autocast)
+    cpu = Hardware(use_gpu=False, num_workers=2, device="cpu", bf16=False, cpu_bf16=has_bf16)
+    assert precision_for("auto", cpu) == "fp32"
+    assert precision_for("fp32", cpu) == "fp32"
+    assert precision_for("bf16", cpu) == ("bf16-autocast" if has_bf16 else "fp32")  # fp32 weights either way

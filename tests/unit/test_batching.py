@@ -1,10 +1,10 @@
-"""Tests for forgekit.batching: the Silogen automatic batch size rule on a table of cases."""
+"""Tests for forgekit.plan's batch rule: the Silogen automatic batch size rule on a table of cases."""
 
 from __future__ import annotations
 
 import pytest
 
-from forgekit.batching import derive_batch_sizes, describe_batch
+from forgekit.plan import derive_batch_sizes, describe_batch
 from forgekit.config import ConfigError
 
 # (total, max per device, world size) -> (per device, accumulation); worked out by hand:

@@ -51,8 +51,10 @@ def test_validate_prints_the_resolved_config_with_derived_values_marked(workdir,
     assert lines[0] == f"# {workdir / 'cfg.yaml'}: valid (custom mode). Resolved config:"
     assert "context_length: 512  # derived" in lines
     assert "train_batch_size_per_device: 4  # derived" in lines
-    # 6 rows / 4 per step -> 1 step per epoch -> 100 epochs for min_num_update_steps 100
-    assert "num_epochs: 100  # derived" in lines
+    # 6 rows / 4 per step -> 2 steps per epoch (the last one short, as the Trainer runs it) -> 50 epochs for
+    # min_num_update_steps 100 (it used to say 100 epochs: a floor, while the workers ran 200 steps)
+    assert "num_epochs: 50  # derived" in lines
+    assert "# steps: 2 per epoch x 50 epoch(s) (derived) -> 100 optimizer steps (min_num_update_steps 100)" in lines
     assert "learning_rate: 0.0001" in lines  # a schema default: shown, not marked
     assert "lora_config: null" in lines  # custom mode without an adapter: full fine-tuning
     assert any(line.startswith("# data: 6 training examples -> 6 rows") for line in lines)
@@ -61,7 +63,7 @@ def test_validate_prints_the_resolved_config_with_derived_values_marked(workdir,
     assert where.startswith("# run directory: runs/") and "-full-" in where and where.endswith("(run_name derived from the config and data)")
     # the printed config is YAML that validates again
     body = yaml.safe_load("\n".join(line for line in lines if not line.startswith("#")))
-    assert body["context_length"] == 512 and body["num_epochs"] == 100
+    assert body["context_length"] == 512 and body["num_epochs"] == 50
 
 
 def test_validate_default_mode_and_dotted_overrides(workdir, capsys):
@@ -80,7 +82,7 @@ def test_validate_default_mode_and_dotted_overrides(workdir, capsys):
     assert "learning_rate: 0.0002" in lines
     assert "lora_config:" in lines  # the user's r merged over the default adapter, so not marked derived
     assert "  r: 4" in lines and "  target_modules: all-linear" in lines
-    assert "num_epochs: 3  # derived" in lines
+    assert "num_epochs: 2  # derived" in lines  # 6 rows / 4 per step: 2 steps per epoch; 3 steps need 2 epochs
     # the cache built by the first call is reused
     code, out, _ = run(capsys, "validate", "--default", workdir / "cfg.yaml")
     assert code == 0 and "lora_config:  # derived" in out.splitlines()

@@ -92,12 +92,13 @@ def test_lora_adapter_is_loaded_merged_with_its_tokenizer(tiny_model_dir, tmp_pa
 
 
 def test_default_dtype_and_threads(tiny_model_dir, monkeypatch):
+    import forgekit.hardware
     from forgekit import generate as gen
 
     assert default_dtype("cuda") == torch.bfloat16
-    monkeypatch.setattr(gen, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(forgekit.hardware, "cpu_has_bf16", lambda: False)
     assert default_dtype("cpu") == torch.float32
-    monkeypatch.setattr(gen, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(forgekit.hardware, "cpu_has_bf16", lambda: True)
     assert default_dtype("cpu") == torch.bfloat16
     monkeypatch.setenv("FORGEKIT_GENERATE_DTYPE", "float32")
     assert default_dtype("cpu") == torch.float32

@@ -55,6 +55,19 @@ def prep(tmp_path, tiny_model_dir):
     return run
 
 
+@pytest.fixture
+def planned(tmp_path, tiny_model_dir):
+    """The plan (forgekit.plan.plan_run, CPU) of a config dict like `prep`'s: what a run derives from the data."""
+    from forgekit.plan import plan_run
+
+    def run(records: list[dict] | None = None, **cfg):
+        path = write_jsonl(tmp_path / "train.jsonl", records if records is not None else counting_data())
+        data = {"model_id": str(tiny_model_dir), "train_path": str(path), **cfg}
+        return plan_run(load_config(data), use_gpu=False, root=tmp_path / "cache")
+
+    return run
+
+
 def rows(prepared, split: str = "train") -> list[dict]:
     from datasets import load_from_disk
 
@@ -306,13 +319,15 @@ def test_context_length_rule(lengths, model_max, expected):
 
 
 def test_default_mode_derives_context_length_batch_and_epochs(prep, tmp_path, tiny_model_dir):
+    from forgekit.plan import plan_run
+
     long_records = [chat("Repeat: " + "word " * (600 + 7 * i), "ok") for i in range(20)]
     path = write_jsonl(tmp_path / "long.jsonl", long_records)
     cfg = load_config(
         {"model_id": str(tiny_model_dir), "train_path": str(path), "min_num_update_steps": 12}, default=True
     )
-    p = prepare_data(cfg, use_gpu=False, root=tmp_path / "cache")
-    r, m = p.resolved, p.manifest
+    p = plan_run(cfg, use_gpu=False, root=tmp_path / "cache")
+    r, m = p.resolved, p.data.manifest
     assert 600 < m["token_length"]["p95"] <= 1024
     assert r.context_length == 1024 and m["context_length_derived"] is True
     # CPU budget of 2048 tokens per device at 1024 tokens per row -> 2 rows; 20 rows / 2 = 10 steps per epoch
@@ -338,12 +353,12 @@ def test_default_mode_derives_context_length_batch_and_epochs(prep, tmp_path, ti
         },
         default=True,
     )
-    r = prepare_data(cfg, use_gpu=False, root=tmp_path / "cache").resolved
+    r = plan_run(cfg, use_gpu=False, root=tmp_path / "cache").resolved
     assert (r.context_length, r.num_epochs, r.train_batch_size_per_device) == (2048, 3, 1)
     assert not {"context_length", "num_epochs", "train_batch_size_per_device"} & r.derived
 
 
-def test_context_length_never_exceeds_the_models_maximum(prep, tmp_path, tiny_model_dir):
+def test_context_length_never_exceeds_the_models_maximum(planned, tmp_path, tiny_model_dir):
     model = tmp_path / "short-model"
     model.mkdir()
     config = json.loads((tiny_model_dir / "config.json").read_text())
@@ -351,21 +366,21 @@ def test_context_length_never_exceeds_the_models_maximum(prep, tmp_path, tiny_mo
     for f in tiny_model_dir.glob("*"):
         if f.name.startswith(("tokenizer", "chat_template", "special_tokens")):
             shutil.copy(f, model / f.name)
-    p = prep([chat("Say " + "a " * 300, "ok"), *counting_data(3)], model_id=str(model))
-    assert p.manifest["model_max_length"] == 256 and p.resolved.context_length == 256
-    assert p.manifest["dropped_overlength"] == 1  # the 300-word example does not fit
+    p = planned([chat("Say " + "a " * 300, "ok"), *counting_data(3)], model_id=str(model))
+    assert p.data.manifest["model_max_length"] == 256 and p.resolved.context_length == 256
+    assert p.data.manifest["dropped_overlength"] == 1  # the 300-word example does not fit
 
 
-def test_epochs_from_min_num_update_steps(prep):
+def test_epochs_from_min_num_update_steps(planned):
     # 12 rows, 3 per step on 1 device: 4 steps per epoch -> 25 epochs for 100 steps
-    p = prep(train_batch_size_per_device=3, gradient_accumulation_steps=1)
+    p = planned(train_batch_size_per_device=3, gradient_accumulation_steps=1)
     assert p.resolved.num_epochs == 25 and "num_epochs" in p.resolved.derived
     # total_batch_size: derived per-device batch and accumulation
-    p = prep(total_batch_size=6, max_batch_size_per_device=2, min_num_update_steps=4)
+    p = planned(total_batch_size=6, max_batch_size_per_device=2, min_num_update_steps=4)
     r = p.resolved
     assert (r.train_batch_size_per_device, r.gradient_accumulation_steps) == (2, 3)
     assert r.num_epochs == 2  # 12 rows / 6 per step = 2 steps per epoch -> 2 epochs for 4 steps
-    # the resolved config (as saved in the run directory and re-validated on workers) is itself valid
+    # the resolved config (as saved in the run directory's config.yaml) is itself valid: re-running it works
     again = load_config(r.model_dump(mode="json"))
     assert (again.total_batch_size, again.train_batch_size_per_device, again.gradient_accumulation_steps) == (
         6,

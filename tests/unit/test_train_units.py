@@ -24,7 +24,7 @@ def _cfg(tmp_path: Path, **extra):
 
 
 def test_deepspeed_values_that_contradict_the_yaml_are_all_reported_with_both_names(tmp_path):
-    from forgekit.train import deepspeed_config
+    from forgekit.plan import deepspeed_config
 
     ds = tmp_path / "ds.json"
     ds.write_text(json.dumps({"train_micro_batch_size_per_gpu": 3, "gradient_accumulation_steps": "auto",
@@ -45,7 +45,7 @@ def test_deepspeed_values_that_contradict_the_yaml_are_all_reported_with_both_na
 
 
 def test_deepspeed_auto_values_are_filled_from_the_yaml(tmp_path):
-    from forgekit.train import deepspeed_config
+    from forgekit.plan import deepspeed_config
 
     cfg = _cfg(tmp_path, deepspeed={"config_path": str(REPO / "deepspeed_configs" / "zero_3.json")})
     ds = deepspeed_config(cfg, bf16=False)
@@ -70,16 +70,17 @@ def test_context_beyond_the_models_maximum_stretches_rope(tmp_path, tiny_model_d
     import torch
     from transformers import AutoConfig
 
-    from forgekit.train import _load_model
+    from forgekit.worker.model import load_model as _load_model
 
     model_max = AutoConfig.from_pretrained(tiny_model_dir).max_position_embeddings
     cfg = _cfg(tmp_path, model_id=str(tiny_model_dir), context_length=model_max * 4)
-    model, _ = _load_model(cfg, tokenizer, torch.float32, "sdpa", False)
+    model, _ = _load_model(cfg, tokenizer, torch.float32, "sdpa", False, source=str(tiny_model_dir),
+                           context_length=model_max * 4)
     assert model.config.max_position_embeddings == model_max * 4
     assert model.config.rope_parameters["rope_type"] == "linear"
     assert model.config.rope_parameters["factor"] == pytest.approx(4.0)
     plain, _ = _load_model(_cfg(tmp_path, model_id=str(tiny_model_dir), context_length=model_max), tokenizer,
-                        torch.float32, "sdpa", False)
+                           torch.float32, "sdpa", False, source=str(tiny_model_dir), context_length=model_max)
     assert plain.config.max_position_embeddings == model_max
     assert plain.config.rope_parameters.get("rope_type", "default") == "default"
 
@@ -90,7 +91,7 @@ A, B = 101, 202  # two label tokens' ids
 
 
 def test_classification_metrics_against_hand_computed_values():
-    from forgekit.train import classification_metrics
+    from forgekit.worker.model import classification_metrics
 
     labels = np.array([A, A, B, B])
     predicted = np.array([A, B, B, B])
@@ -105,7 +106,7 @@ def test_classification_metrics_against_hand_computed_values():
 
 
 def test_classification_metrics_perfect_and_off_label_predictions():
-    from forgekit.train import classification_metrics
+    from forgekit.worker.model import classification_metrics
 
     labels = np.array([A, B, A, B])
     sure = np.log(np.array([[0.99, 0.01], [0.01, 0.99]] * 2))
@@ -178,11 +179,12 @@ def test_finetune_applies_overrides_to_a_loaded_config(tmp_path, monkeypatch):
 
     seen = {}
 
-    def stop(cfg):  # the first step after the config is settled
-        seen["cfg"] = cfg
+    def stop(address, num_devices):  # the first step after the config is settled
         raise SystemExit
 
-    monkeypatch.setattr(train, "_absolute_paths", stop)
+    real_load = train.load_config
+    monkeypatch.setattr(train, "load_config", lambda *a, **k: seen.setdefault("cfg", real_load(*a, **k)))
+    monkeypatch.setattr(train, "init_ray", stop)
     with pytest.raises(SystemExit):
         train.finetune(_cfg(tmp_path), ["learning_rate=1e-3", "lora_config.r=4"], progress=False)
     assert seen["cfg"].learning_rate == 1e-3 and seen["cfg"].lora_config["r"] == 4
@@ -240,7 +242,7 @@ def test_classification_lora_trains_and_saves_the_new_label_rows(tmp_path, tiny_
     from transformers import AutoModelForCausalLM
 
     from forgekit.prepare import load_tokenizer
-    from forgekit.train import _load_model
+    from forgekit.worker.model import load_model as _load_model
 
     model_dir = tiny_model_dir
     if not tied:
@@ -253,7 +255,7 @@ def test_classification_lora_trains_and_saves_the_new_label_rows(tmp_path, tiny_
     tok = load_tokenizer(cfg)
     labels = tok.convert_tokens_to_ids(["<yes>", "<no>"])
     torch.manual_seed(0)
-    model, _ = _load_model(cfg, tok, torch.float32, "sdpa", False)
+    model, _ = _load_model(cfg, tok, torch.float32, "sdpa", False, source=str(model_dir), context_length=64)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any("embed_tokens" in n and "trainable_tokens" in n for n in trainable), trainable
     assert any("lm_head" in n for n in trainable) == (not tied)
@@ -273,7 +275,7 @@ def test_classification_lora_trains_and_saves_the_new_label_rows(tmp_path, tiny_
 
 
 def test_a_cluster_that_cannot_host_the_workers_is_reported_by_key_and_what_it_has(tmp_path):
-    from forgekit.train import cluster_fit_problems
+    from forgekit.checks import cluster_fit_problems
 
     h100 = {"CPU": 26.0, "GPU": 1.0, "accelerator_type:H100": 1.0, "memory": 1e11}
     # an LLMForge config for A100s on an H100 machine: named, with the types the cluster has
@@ -295,21 +297,19 @@ def test_a_cluster_that_cannot_host_the_workers_is_reported_by_key_and_what_it_h
 
 
 def test_an_unmet_worker_resource_fails_a_local_run_and_warns_on_an_attached_cluster(tmp_path, monkeypatch, caplog):
-    import ray
+    from forgekit.checks import check_cluster
 
-    from forgekit import train
-
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, "memory": 1e10})
+    have = {"CPU": 2.0, "memory": 1e10}
     cfg = _cfg(tmp_path, worker_resources={"accelerator_type:A100-80G": 0.001})
     with pytest.raises(ConfigError, match=r"worker_resources\.accelerator_type:A100-80G: .*types: none"):
-        train._check_cluster_fits(cfg, True, attached=False)
+        check_cluster(cfg, True, have, attached=False)
     with caplog.at_level(logging.WARNING, logger="forgekit"):
-        train._check_cluster_fits(cfg, True, attached=True)  # an autoscaling cluster can still add such nodes
+        check_cluster(cfg, True, have, attached=True)  # an autoscaling cluster can still add such nodes
     assert "accelerator_type:A100-80G" in caplog.text and "autoscaling" in caplog.text
-    train._check_cluster_fits(_cfg(tmp_path), False, attached=False)  # 2 CPU workers fit 2 CPUs
+    check_cluster(_cfg(tmp_path), False, have, attached=False)  # 2 CPU workers fit 2 CPUs
     with pytest.raises(ConfigError, match=r"num_devices: 2 GPU workers need 2 GPU, the Ray cluster has 0; run on "
                                           r"a machine with a GPU, or set use_gpu: false"):
-        train._check_cluster_fits(_cfg(tmp_path, use_gpu=True), True, attached=False)
+        check_cluster(_cfg(tmp_path, use_gpu=True), True, have, attached=False)
 
 
 @pytest.mark.parametrize(("name", "gib", "label"), [("NVIDIA A100-SXM4-80GB", 79.2, "accelerator_type:A100-80G"),
@@ -323,6 +323,7 @@ def test_a_local_cluster_labels_its_a100s_with_their_memory_as_llmforge_configs_
     import torch
 
     from forgekit import train
+    from forgekit.checks import cluster_fit_problems
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_properties",
@@ -331,4 +332,4 @@ def test_a_local_cluster_labels_its_a100s_with_their_memory_as_llmforge_configs_
     cfg = load_config(REPO / "training_configs/custom/meta-llama--Meta-Llama-3.1-8B-Instruct/lora/1xA100-80G-4096.yaml")
     have = {"CPU": 16.0, "GPU": 1.0, f"accelerator_type:{name.split()[1].split('-')[0]}": 1.0,
             **train._local_accelerator_labels()}
-    assert (train.cluster_fit_problems(cfg, True, have) == []) == (label == "accelerator_type:A100-80G")
+    assert (cluster_fit_problems(cfg, True, have) == []) == (label == "accelerator_type:A100-80G")

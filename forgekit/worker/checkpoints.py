@@ -1,0 +1,139 @@
+"""Checkpoints of a run: the Trainer writes them into a node-local staging dir, this publishes them whole.
+
+`checkpoints/step-NNNNNN` appears by one atomic rename with every node's part in it, or not at all: on a local or
+shared file system, the first worker of every node copies its node's part (each rank's ZeRO shards and RNG state
+are written on the rank's own node) into one gathering dir; after a barrier, world rank 0 reports it to Ray,
+whose upload function (`publish`) renames it into place. On remote storage (s3://, gs://) each node's part is
+uploaded by Ray into the same prefix. Each node then deletes its local copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from forgekit import faults
+
+__all__ = ["CHECKPOINTS", "DIVERGED", "CheckpointPublisher", "barrier", "has_optimizer_state"]
+
+# names in the run directory: the published checkpoints, and the message of a run that diverged
+CHECKPOINTS, DIVERGED = "checkpoints", "diverged.txt"
+
+
+def barrier() -> None:
+    """All ranks wait here (no-op outside a process group)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def has_optimizer_state(checkpoint: str | Path) -> bool:
+    """Whether a Trainer checkpoint can resume a run (optimizer state: torch's file or DeepSpeed's shards)."""
+    ckpt = Path(checkpoint)
+    return (ckpt / "optimizer.pt").is_file() or any(ckpt.glob("global_step*"))
+
+
+def cannot_resume(checkpoint: str | Path) -> str:
+    """Why a run cannot resume from a weights-only checkpoint, and what to do instead (driver and worker)."""
+    return (
+        f"save_optimizer_state: checkpoint {checkpoint} holds no optimizer state (the run had "
+        "save_optimizer_state: false), so the run cannot resume exactly. Start a new stage from it with "
+        "initial_base_model_ckpt_path (full weights) or initial_adapter_model_ckpt_path (LoRA) and another "
+        "run_name, or delete the run directory."
+    )
+
+
+def publish(checkpoint: Any, dir_name: str) -> Any:
+    """Ray's upload function (world rank 0, storage on a local or shared file system): rename the gathered
+    checkpoint into place, so that it appears whole, with every node's part, or not at all."""
+    import ray.train
+
+    storage = ray.train.get_context().get_storage()
+    target = Path(storage.experiment_fs_path) / dir_name
+    gathered = Path(checkpoint.path)
+    if target.exists():  # left by an interrupted attempt that got this far: replace it, never merge into it
+        old = target.parent / f".old-{target.name}-{os.getpid()}"
+        os.replace(target, old)
+        os.replace(gathered, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(gathered, target)
+    return ray.train.Checkpoint(path=str(target))
+
+
+def _local_storage() -> bool:
+    import ray.train
+    from pyarrow.fs import LocalFileSystem
+
+    return isinstance(ray.train.get_context().get_storage().storage_filesystem, LocalFileSystem)
+
+
+class CheckpointPublisher:
+    """One worker's side of publishing: its staging dir, its node's part, the report to Ray.
+
+    Args:
+        run_dir: the run directory (`checkpoints/` is under it).
+        rank, world: this worker's world rank and the world size.
+        local_rank: this worker's rank among the workers of its node (Ray groups workers by node IP).
+    """
+
+    def __init__(self, run_dir: Path, rank: int, world: int, local_rank: int) -> None:
+        self.run_dir, self.rank, self.world = Path(run_dir), rank, world
+        self.first_on_node = faults.node_per_worker() or local_rank == 0  # the worker that copies its node's part
+        # one per run directory: two runs of the same name in different output_dirs must not share (and clear) it
+        where = hashlib.sha256(str(self.run_dir).encode()).hexdigest()[:8]
+        if faults.node_per_worker():
+            where += f"-w{rank}"  # a node of its own
+        self.staging = Path(tempfile.gettempdir()) / "forgekit-staging" / f"{self.run_dir.name}-{where}-{os.getuid()}"
+        self.generation_config = None  # saved into adapter checkpoints (they hold none of their own)
+
+    def start(self) -> None:
+        """Clear what an interrupted attempt left: this node's staging dir, and parts gathered before a publish."""
+        if self.first_on_node:
+            shutil.rmtree(self.staging, ignore_errors=True)
+        if self.rank == 0:  # (an attempt dies before the first save's barrier, so before any copy of this one)
+            for stale in (self.run_dir / CHECKPOINTS).glob(".tmp-step-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+
+    def stage_for_resume(self, checkpoint_dir: str | Path, step: int) -> Path:
+        """A copy of a published checkpoint in this node's staging dir, where the Trainer resumes from."""
+        local = self.staging / f"checkpoint-{step}"
+        if self.first_on_node and not local.exists():
+            shutil.copytree(checkpoint_dir, local)
+        barrier()
+        return local
+
+    def publish(self, step: int, metrics: dict[str, Any]) -> None:
+        """Publish the Trainer's `checkpoint-<step>` (every rank calls this after the Trainer saved it)."""
+        import ray.train
+
+        barrier()  # every rank has written its shard of checkpoint-N
+        local = self.staging / f"checkpoint-{step}"
+        mine = self.first_on_node and local.exists()
+        if mine and self.generation_config is not None and not (local / "generation_config.json").exists():
+            self.generation_config.save_pretrained(local)
+        dir_name = f"{CHECKPOINTS}/step-{step:06d}"
+        if _local_storage():
+            gathered = self.run_dir / CHECKPOINTS / f".tmp-step-{step:06d}"
+            if mine:
+                faults.slow_node(self.rank)
+                shutil.copytree(local, gathered, dirs_exist_ok=True)
+            barrier()  # every node's part is in
+            checkpoint = ray.train.Checkpoint.from_directory(str(gathered)) if self.rank == 0 and gathered.exists() else None
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=dir_name, checkpoint_upload_fn=publish)
+        else:
+            checkpoint = ray.train.Checkpoint.from_directory(str(local)) if mine else None
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=dir_name)
+        if mine:  # published: the Trainer rotates its output dir on world rank 0's node only
+            shutil.rmtree(local, ignore_errors=True)
+        faults.die_after_checkpoint(self.run_dir, step, self.rank, self.world)
+
+    def finish(self) -> None:
+        barrier()
+        if self.first_on_node:
+            shutil.rmtree(self.staging, ignore_errors=True)

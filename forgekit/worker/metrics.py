@@ -1,0 +1,174 @@
+"""What a worker reports while it trains: metrics.jsonl (rank 0), throughput and MFU, divergence, checkpoints.
+
+`MetricsFile` is rank 0's metrics.jsonl (a resumed run drops the lines past its checkpoint); `Reporter` is the
+Trainer callback that writes a row per logging step and per evaluation, stops a run whose loss or gradient norm is
+no longer finite, always checkpoints the last step, and hands each saved checkpoint to the `CheckpointPublisher`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from forgekit import faults
+from forgekit.worker.checkpoints import CHECKPOINTS, DIVERGED, CheckpointPublisher
+
+__all__ = ["CLASSIFICATION_EVAL_KEYS", "MetricsFile", "Reporter"]
+
+# what a classification evaluation reports (classifier_config.eval_metrics), as the Trainer names it
+CLASSIFICATION_EVAL_KEYS = ("eval_accuracy", "eval_f1", "eval_prauc")
+
+
+class MetricsFile:
+    """metrics.jsonl of a run; only rank 0 writes."""
+
+    def __init__(self, run_dir: Path, rank: int) -> None:
+        self.path, self.rank = Path(run_dir) / "metrics.jsonl", rank
+
+    def reset(self, after_step: int | None) -> None:
+        """Fresh run: start the file. Resumed run: drop lines past the checkpoint (the steps are redone)."""
+        if self.rank != 0:
+            return
+        kept = []
+        if after_step is not None and self.path.exists():
+            for line in self.path.read_text().splitlines():
+                with contextlib.suppress(json.JSONDecodeError):
+                    row = json.loads(line)
+                    if row.get("step", 0) <= after_step and row.get("kind") in ("train", "eval"):
+                        kept.append(line)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept))
+        os.replace(tmp, self.path)
+
+    def write(self, row: dict) -> None:
+        if self.rank == 0:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+class Reporter(TrainerCallback):
+    """The Trainer callback of every worker (rows are written by rank 0 only).
+
+    Args:
+        plan: the run's plan (`total_steps`, `eval_every`, precision).
+        metrics: rank 0's metrics.jsonl.
+        publisher: publishes each checkpoint the Trainer saves.
+        rank, world: world rank and size.
+        flops_per_token, peak_tflops: for MFU on GPUs (None: not reported).
+        stop_on_nonfinite: stop at a non-finite loss or gradient norm (off where DeepSpeed skips such steps).
+    """
+
+    def __init__(self, plan: Any, metrics: MetricsFile, publisher: CheckpointPublisher, rank: int, world: int, *,
+                 flops_per_token: float | None = None, peak_tflops: float | None = None,
+                 stop_on_nonfinite: bool = True) -> None:
+        self.plan, self.metrics, self.publisher, self.rank, self.world = plan, metrics, publisher, rank, world
+        self.max_steps, self.every = plan.total_steps, plan.eval_every
+        self.flops_per_token, self.peak, self.stop_on_nonfinite = flops_per_token, peak_tflops, stop_on_nonfinite
+        self.on_gpu = plan.hardware.use_gpu
+        self.last_time, self.last_tokens, self.train_time, self.session_tokens = None, 0, 0.0, 0
+        self.diverged: str | None = None  # the message, once the loss or gradient norm is no longer finite
+        self.profiler = None  # forgekit.profiling's callback on rank 0 with profile_steps
+
+    def mfu(self, tps: float) -> float | None:
+        """Model FLOPs utilisation at `tps` real tokens/s over all workers, to 4 significant digits."""
+        from forgekit.flops import mfu
+
+        value = mfu(tps, self.flops_per_token, self.world, self.peak) if self.flops_per_token else None
+        return float(f"{value:.4g}") if value else None
+
+    def _gpu_fields(self, tps: float | None) -> dict[str, Any]:
+        if not self.on_gpu:
+            return {}
+        import torch
+
+        out: dict[str, Any] = {"peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
+        if tps and self.mfu(tps):
+            out["mfu"] = self.mfu(tps)
+        return out
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last_time, self.last_tokens = time.perf_counter(), state.num_input_tokens_seen
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.last_time = time.perf_counter()  # evaluation time is not training time
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = dict(logs or {})
+        now = time.perf_counter()
+        base = {"step": state.global_step, "max_steps": self.max_steps, "epoch": round(state.epoch or 0.0, 4)}
+        if "loss" in logs:
+            tokens = state.num_input_tokens_seen
+            dt = max(now - self.last_time, 1e-9)
+            tps = (tokens - self.last_tokens) / dt
+            self.train_time += dt
+            self.session_tokens += tokens - self.last_tokens
+            row = {"kind": "train", **base, "loss": logs["loss"], "learning_rate": logs.get("learning_rate"),
+                   "grad_norm": logs.get("grad_norm"), "tokens": tokens, "tokens_per_second": round(tps, 2),
+                   "time": time.time()}
+            if self.profiler is not None and state.global_step in self.profiler.steps:
+                row["profiled"] = True  # the profiler slowed this step (forgekit.profiling)
+            self.metrics.write({**row, **self._gpu_fields(tps)})
+            self.last_time, self.last_tokens = now, tokens
+            if self.stop_on_nonfinite and not all(math.isfinite(logs.get(k, 0.0) or 0.0) for k in ("loss", "grad_norm")):
+                # stop every rank here (they all log the same reduced values), with no evaluation or checkpoint of
+                # the broken weights; raising would make Ray retry from the last checkpoint
+                self.diverged = (
+                    f"training diverged at step {state.global_step}: loss {logs['loss']}, gradient norm "
+                    f"{logs.get('grad_norm')}; the weights are no longer finite. Lower learning_rate (or "
+                    f"max_grad_norm), or look for broken examples; {CHECKPOINTS}/ holds the checkpoints before it.")
+                control.should_training_stop = True
+                control.should_evaluate = control.should_save = False
+        elif "eval_loss" in logs:
+            row = {"kind": "eval", **base, "eval_loss": logs["eval_loss"],
+                   "perplexity": math.exp(min(logs["eval_loss"], 50.0)), "time": time.time()}
+            row.update({k: logs[k] for k in CLASSIFICATION_EVAL_KEYS if k in logs})
+            self.metrics.write(row)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        faults.slow_step()
+        if state.global_step >= self.max_steps and state.global_step % self.every:
+            control.should_save = True  # the last step is always checkpointed (and evaluated)
+            control.should_evaluate = args.eval_strategy != "no"
+
+    def on_save(self, args, state, control, **kwargs):
+        metrics = {"step": state.global_step}
+        for row in reversed(state.log_history):
+            if "eval_loss" in row and row.get("step") == state.global_step:
+                metrics["eval_loss"] = row["eval_loss"]
+                break
+        self.publisher.publish(state.global_step, metrics)
+
+    def finish(self, trainer: Any, *, trainable: int, total: int, precision: str, levers: dict[str, Any]) -> None:
+        """The final row (rank 0): totals, what the run used, and what the Trainer executed (compared with the
+        plan by the tests); or diverged.txt."""
+        if self.rank != 0:
+            return
+        if self.diverged:
+            (self.publisher.run_dir / DIVERGED).write_text(self.diverged + "\n")
+            return
+        state, args = trainer.state, trainer.args
+        tps = self.session_tokens / self.train_time if self.train_time else None
+        batches = len(trainer.get_train_dataloader())  # per worker and epoch, as the Trainer counts them
+        row = {
+            "kind": "final", "step": state.global_step, "train_tokens": state.num_input_tokens_seen,
+            "train_seconds": round(self.train_time, 2), "tokens_per_second": round(tps, 2) if tps else None,
+            "trainable_params": trainable, "total_params": total, "precision": precision,
+            "world_size": self.world, "levers": levers,
+            "executed": {"max_steps": state.max_steps, "num_train_epochs": state.num_train_epochs,
+                         "steps_per_epoch": max(math.ceil(batches / args.gradient_accumulation_steps), 1),
+                         "micro_batch": state.train_batch_size, "accumulation": args.gradient_accumulation_steps,
+                         "world_size": args.world_size, "eval_steps": state.eval_steps if args.eval_strategy != "no" else None,
+                         "save_steps": state.save_steps},
+            **self._gpu_fields(tps),
+        }
+        evals = [r for r in state.log_history if "eval_accuracy" in r]
+        if evals:
+            row.update({k: evals[-1][k] for k in CLASSIFICATION_EVAL_KEYS if k in evals[-1]})
+        self.metrics.write(row)
