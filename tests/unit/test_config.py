@@ -157,7 +157,8 @@ def test_llmforge_config_validates_unchanged():
     assert cfg.worker_resources == {"accelerator_type:A10G": 0.001}
     assert cfg.derived == set()  # custom mode derives nothing at load time
     assert cfg.attn_implementation == "auto"  # flash_attention_2: true is what forgekit does on GPUs anyway
-    assert [n.split(":")[0] for n in cfg.notes] == ["dataset_size_scaling_factor", "flash_attention_2"]
+    assert [n.split(":")[0] for n in cfg.notes] == ["dataset_size_scaling_factor", "flash_attention_2",
+                                                     "trainer_resources"]  # (unused: noted at validate)
     assert format_config(cfg).startswith("# LLMForge key dataset_size_scaling_factor: ")
 
 
