@@ -35,6 +35,7 @@ from pydantic import (
 )
 
 from forgekit.errors import ForgekitError
+from forgekit.formats import BUILTIN_FORMATS, PromptFormatConfig
 
 __all__ = [
     "DEFAULT_LORA",
@@ -66,33 +67,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class PromptFormatConfig(_Strict):
-    """LLMForge role templates; `{instruction}` is the message text, `{system}` the rendered system text."""
-
-    system: str = Field("{instruction}", description="Template for a system message.")
-    user: str = Field("{instruction}", description="Template for a user message; may contain {system}.")
-    assistant: str = Field(
-        "{instruction}",
-        description="Template for an assistant message. The text from {instruction} to the end is trained.",
-    )
-    trailing_assistant: str = Field("", description="Appended after the last user turn at generation time.")
-    bos: str = Field("", description="Prepended once to every example.")
-    system_in_user: bool = Field(False, description="Render the system message inside the first user turn.")
-    default_system_message: str = Field("", description="System text used when an example has none.")
-
-    @model_validator(mode="after")
-    def _slots(self) -> PromptFormatConfig:
-        problems = []
-        for name in ("system", "user", "assistant"):
-            if "{instruction}" not in getattr(self, name):
-                problems.append(f"{name}: template must contain '{{instruction}}'")
-        if self.system_in_user and "{system}" not in self.user:
-            problems.append("user: system_in_user is true, so the user template must contain '{system}'")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
-
 class GenerationConfig(_Strict):
     prompt_format: PromptFormatConfig | str | None = Field(
         None,
@@ -110,13 +84,10 @@ class GenerationConfig(_Strict):
     @field_validator("prompt_format")
     @classmethod
     def _known_builtin(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            from forgekit.formats import BUILTIN_FORMATS  # forgekit.formats imports this module
-
-            if v not in BUILTIN_FORMATS:
-                near = difflib.get_close_matches(v, list(BUILTIN_FORMATS), n=1)
-                hint = f" (did you mean '{near[0]}'?)" if near else ""
-                raise ValueError(f"unknown built-in format '{v}'{hint}; known: {', '.join(sorted(BUILTIN_FORMATS))}")
+        if isinstance(v, str) and v not in BUILTIN_FORMATS:
+            near = difflib.get_close_matches(v, list(BUILTIN_FORMATS), n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            raise ValueError(f"unknown built-in format '{v}'{hint}; known: {', '.join(sorted(BUILTIN_FORMATS))}")
         return v
 
 

@@ -27,7 +27,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from forgekit.config import PromptFormatConfig
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from forgekit.errors import ForgekitError
 
 __all__ = [
@@ -39,6 +40,35 @@ __all__ = [
     "role_format_to_jinja",
     "tokenize_rendered",
 ]
+
+
+class PromptFormatConfig(BaseModel):
+    """LLMForge role templates; `{instruction}` is the message text, `{system}` the rendered system text."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    system: str = Field("{instruction}", description="Template for a system message.")
+    user: str = Field("{instruction}", description="Template for a user message; may contain {system}.")
+    assistant: str = Field(
+        "{instruction}",
+        description="Template for an assistant message. The text from {instruction} to the end is trained.",
+    )
+    trailing_assistant: str = Field("", description="Appended after the last user turn at generation time.")
+    bos: str = Field("", description="Prepended once to every example.")
+    system_in_user: bool = Field(False, description="Render the system message inside the first user turn.")
+    default_system_message: str = Field("", description="System text used when an example has none.")
+
+    @model_validator(mode="after")
+    def _slots(self) -> PromptFormatConfig:
+        problems = []
+        for name in ("system", "user", "assistant"):
+            if "{instruction}" not in getattr(self, name):
+                problems.append(f"{name}: template must contain '{{instruction}}'")
+        if self.system_in_user and "{system}" not in self.user:
+            problems.append("user: system_in_user is true, so the user template must contain '{system}'")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class FormatError(ForgekitError, ValueError):

@@ -266,6 +266,12 @@ def _length_stats(lengths: list[int]) -> dict:
     }
 
 
+def _check_valid_split(cfg: FinetuneConfig) -> None:
+    if cfg.valid_path and is_hf_dataset_name(cfg.valid_path) and ":" not in cfg.valid_path:
+        raise ConfigError([f"valid_path: {cfg.valid_path} names a Hugging Face dataset without a split, so it would "
+                           f"evaluate on its train split; name one: {cfg.valid_path}:validation (or :test)"])
+
+
 def read_data(cfg: FinetuneConfig) -> tuple[list, list | None]:
     """The training and validation examples, read and validated; DataError with the problems of both files.
 
@@ -273,9 +279,7 @@ def read_data(cfg: FinetuneConfig) -> tuple[list, list | None]:
         ConfigError: `valid_path` names a Hugging Face dataset without a split.
         DataError: the problems of both files, each `file:line: problem`.
     """
-    if cfg.valid_path and is_hf_dataset_name(cfg.valid_path) and ":" not in cfg.valid_path:
-        raise ConfigError([f"valid_path: {cfg.valid_path} names a Hugging Face dataset without a split, so it would "
-                           f"evaluate on its train split; name one: {cfg.valid_path}:validation (or :test)"])
+    _check_valid_split(cfg)
     examples, problems, total = {}, [], 0
     for key in ("train_path", "valid_path"):
         path = getattr(cfg, key)
@@ -381,6 +385,7 @@ def prepare_data(cfg: FinetuneConfig, spec: DataSpec | None = None, *, use_gpu: 
 
             use_gpu = cfg.use_gpu if cfg.use_gpu is not None else torch.cuda.is_available()
         spec = data_spec(cfg, use_gpu)
+    _check_valid_split(cfg)
     tok = load_tokenizer(cfg)
     model_max = _model_max_length(cfg)
     key, parts = _cache_key(cfg, spec, tok, model_max)
