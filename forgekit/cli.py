@@ -1,4 +1,6 @@
-"""The `forgekit` command: validate, preview-data, finetune, merge, models, and the tool-calling commands.
+"""The `forgekit` command: validate, preview-data, finetune, merge, export, models, generate and the rest.
+
+The Silogen engine's names work too: `sft` (finetune), `merge-adapter BASE ADAPTER OUT` (merge), `--logging-level`.
 
 Every subcommand that takes a config also takes dotted overrides after it (`learning_rate=2e-4
 lora_config.r=16`). Config and data problems print one report and exit with code 2, never a traceback

@@ -128,7 +128,6 @@ def load_adapter(path: str | Path, *, dtype: Any, base: str | None = None,
     if not base_id:
         raise GenerationError(f"{adapter_cfg}: no base_model_name_or_path; cannot tell which model to load")
     base = resolve_model_path(base_id)
-    tok = AutoTokenizer.from_pretrained(str(local) if _has_tokenizer(local) else base)
     quantized = {}
     if quantization_config is not None:  # bitsandbytes places the layers itself: on the device given here
         import torch
@@ -136,6 +135,7 @@ def load_adapter(path: str | Path, *, dtype: Any, base: str | None = None,
         quantized = {"quantization_config": quantization_config,
                      "device_map": {"": 0 if torch.cuda.is_available() else "cpu"}}
     try:
+        tok = AutoTokenizer.from_pretrained(str(local) if _has_tokenizer(local) else base)
         model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, **quantized)
     except OSError as e:
         raise GenerationError(f"{adapter_cfg}: cannot load the base model {base_id!r}: {e}") from None
@@ -438,16 +438,17 @@ def read_prompts(path: str | Path) -> list[dict[str, Any]]:
     else:
         numbered = []
         for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                numbered.append((f"{path}:{n}", json.loads(line)))
-            except json.JSONDecodeError as e:
-                problems.append(f"{path}:{n}: invalid JSON: {e.msg}")
+            if line.strip():
+                try:
+                    numbered.append((f"{path}:{n}", json.loads(line)))
+                except json.JSONDecodeError as e:
+                    numbered.append((f"{path}:{n}", f"invalid JSON: {e.msg}"))
     for where, item in numbered:
         ok = isinstance(item, dict) and (isinstance(item.get("prompt"), str) or (
             isinstance(item.get("messages"), list) and all(isinstance(m, dict) for m in item["messages"])))
-        if ok:
+        if isinstance(item, str) and item.startswith("invalid JSON: ") and path.suffix not in (".yaml", ".yml"):
+            problems.append(f"{where}: {item}")
+        elif ok:
             rows.append(item)
         else:
             problems.append(f"{where}: expected {{prompt: <text>}} or {{messages: [...]}}")

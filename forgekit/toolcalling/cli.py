@@ -39,6 +39,13 @@ def _write_jsonl(rows: list[dict], path: str | None) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    if Path(args.checkpoint).suffix in (".yaml", ".yml") and Path(args.checkpoint).is_file():
+        # the Silogen engine's form: `generate CONFIG OUTPUT` (forgekit.generate.generate_from_config)
+        from forgekit.generate import generate_from_config
+
+        records = generate_from_config(args.checkpoint, args.input)
+        print(f"wrote {len(records)} answers to {args.input}", file=sys.stderr)
+        return 0
     from forgekit.generate import generate, load_for_generation
     from forgekit.toolcalling.render import parse_tool_calls, to_openai_tool_calls
 
@@ -128,7 +135,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "generate", help="generate the next assistant turn for each conversation of a JSONL file"
     )
-    p.add_argument("checkpoint", help="model id, base model dir, LoRA adapter dir or full checkpoint dir")
+    p.add_argument("checkpoint", help="model id, base model dir, LoRA adapter dir or full checkpoint dir; or a "
+                   "generation config YAML (the Silogen engine's `generate CONFIG OUTPUT`: then INPUT is the output "
+                   "file, .yaml or .jsonl)")
     p.add_argument("input", help="JSONL of {'messages': [...], 'tools': [...]}; a final assistant turn is "
                    "set aside as 'reference' and generated again")
     p.add_argument("-o", "--output", default="-", help="output JSONL (default: stdout)")
