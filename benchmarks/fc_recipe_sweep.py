@@ -11,7 +11,7 @@ set the CPU time at ~270 tokens/s) and the headline figures.
 
 RECIPES.json: `[{"name": ..., "n_train": 400, "mix": {...} or null, "overrides": ["num_epochs=2", ...],
 "datagen": {"SCHEMA_SHARE": 0.0, ...}}, ...]`; `datagen` (optional) sets constants of
-`forgekit.toolcalling.datagen` for that recipe's data (the training-only variety; the test split never changes).
+`forgekit.examples.toolcalling_data` for that recipe's data (the training-only variety; the test split never changes).
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=200)
     a = ap.parse_args()
 
-    from forgekit.toolcalling import datagen
-    from forgekit.toolcalling.datagen import write_tool_calling_dataset
+    from forgekit.examples import toolcalling_data as datagen
+    from forgekit.examples.toolcalling_data import write_tool_calling_dataset
     from forgekit.toolcalling.evaluate import evaluate_tool_calling
     from forgekit.train import finetune
 

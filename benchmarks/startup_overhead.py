@@ -32,8 +32,8 @@ def main() -> None:
     import importlib.util
 
     from forgekit.config import load_config
+    from forgekit.examples.sample_data import write_quickstart_dataset
     from forgekit.models import fetch_model
-    from forgekit.sample_data import write_quickstart_dataset
     from forgekit.testing import build_tiny_model
     from forgekit.train import finetune, init_ray
 

@@ -323,6 +323,12 @@ def text_to_pretraining(
     return write_jsonl(records, out)
 
 
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The JSON objects of a JSON Lines file (empty lines skipped); no validation (see `forgekit.data`)."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def write_jsonl(records: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> Path:
     """Write records as JSON Lines (UTF-8, non-ASCII kept readable); the file appears whole or not at all."""
     path = Path(path)
@@ -371,4 +377,35 @@ def split_train_valid(
     paths = {}
     for name, part in (("train", lines[n_valid:]), ("valid", lines[:n_valid])):
         paths[name] = str(write_jsonl([json.loads(line) for line in part], out / f"{name}.jsonl"))
+    return paths
+
+
+def split_jsonl(path: str | Path, out_dir: str | Path, parts: int = 2, *, seed: int | None = 0) -> list[Path]:
+    """Split a JSONL file into `parts` files of (nearly) equal size: `part-1.jsonl`, `part-2.jsonl`, ...
+
+    Lines are copied unchanged (empty lines dropped); with `seed`, they are shuffled first (the same seed gives
+    the same parts), with `seed=None` the file order is kept (part 1 = the first lines).
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: `parts` < 2, or fewer lines than parts.
+    """
+    path = Path(path)
+    if parts < 2:
+        raise ValueError(f"parts must be >= 2, got {parts}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(lines) < parts:
+        raise ValueError(f"{path}: {len(lines)} non-empty line(s), cannot split into {parts} parts")
+    if seed is not None:
+        random.Random(seed).shuffle(lines)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(parts):
+        chunk = lines[i * len(lines) // parts : (i + 1) * len(lines) // parts]
+        target = out / f"part-{i + 1}.jsonl"
+        target.write_text("".join(f"{line}\n" for line in chunk), encoding="utf-8")
+        paths.append(target)
     return paths

@@ -24,9 +24,10 @@ import gzip
 import json
 import logging
 import shutil
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 __all__ = ["busy_time_us", "step_profiler"]
 
@@ -139,3 +140,92 @@ def step_profiler(run_dir: Path, first: int, last: int, on_gpu: bool) -> Any:
                   flush=True)
 
     return StepProfiler()
+
+
+# --------------------------------------------------------------------------- memory of the Ray Train workers
+
+
+class WorkerMemory:
+    """Peak resident memory (RSS) of the Ray Train worker processes started under this process.
+
+    Use through `track_worker_memory()`. A thread looks at this process's descendants every `interval`
+    seconds; for each training worker (process title `ray::RayTrainWorker...`) it reads the kernel's
+    high-water mark of resident memory (`VmHWM` in /proc/PID/status on Linux, so peaks between two samples
+    are not missed; elsewhere the current RSS, sampled). Workers of a Ray cluster this process did not
+    start (RAY_ADDRESS) are not its descendants and are not seen: `peak_gb` is then None.
+    """
+
+    TITLE = "ray::RayTrainWorker"
+
+    def __init__(self, interval: float = 0.25) -> None:
+        self.interval = interval
+        self.peak_bytes: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def workers(self) -> int:
+        """Number of training worker processes seen."""
+        return len(self.peak_bytes)
+
+    @property
+    def peak_gb(self) -> float | None:
+        """The largest worker's peak RSS in GiB (each worker holds a full copy of the model on CPU), or None."""
+        return max(self.peak_bytes.values()) / 2**30 if self.peak_bytes else None
+
+    @property
+    def total_peak_gb(self) -> float | None:
+        """Sum of the workers' peaks in GiB: an upper bound of what the machine needed for them, or None."""
+        return sum(self.peak_bytes.values()) / 2**30 if self.peak_bytes else None
+
+    def _sample(self) -> None:
+        import psutil
+
+        try:
+            children = psutil.Process().children(recursive=True)
+        except psutil.Error:
+            return
+        for p in children:
+            try:
+                cmd = p.cmdline()
+                if not cmd or not cmd[0].startswith(self.TITLE):
+                    continue
+                peak = _vm_hwm(p.pid)
+                if peak is None:
+                    peak = p.memory_info().rss
+            except (psutil.Error, OSError):
+                continue  # exited between listing and reading
+            self.peak_bytes[p.pid] = max(self.peak_bytes.get(p.pid, 0), peak)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _vm_hwm(pid: int) -> int | None:
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():
+        return None
+    for line in status.read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024  # kB
+    return None
+
+
+def track_worker_memory(interval: float = 0.25) -> WorkerMemory:
+    """Context manager measuring the peak RSS of the training workers of the `finetune` calls inside it.
+
+        with track_worker_memory() as mem:
+            result = finetune(config)
+        mem.peak_gb   # GiB, the largest worker (None if no worker was seen)
+    """
+    return WorkerMemory(interval)

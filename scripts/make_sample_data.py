@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from forgekit.sample_data import (
+from forgekit.examples.sample_data import (
     write_classification_dataset,
     write_pretraining_dataset,
     write_quickstart_dataset,

@@ -37,9 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
     from forgekit.config import ConfigError, load_config
+    from forgekit.convert import read_jsonl
     from forgekit.data import DataError
+    from forgekit.examples.sample_data import score_ticket, split_prompt
     from forgekit.generate import generate, load_base_for_config, load_for_generation
-    from forgekit.sample_data import read_jsonl, score_ticket, split_prompt
     from forgekit.train import TrainingError, finetune
 
     started = time.time()

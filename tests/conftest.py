@@ -45,7 +45,7 @@ def tokenizer(tiny_model_dir: Path):
 @pytest.fixture(scope="session", autouse=True)
 def sample_data() -> Path:
     """data/generated/ as `python scripts/make_sample_data.py` writes it (git-ignored; written when missing)."""
-    from forgekit.sample_data import (
+    from forgekit.examples.sample_data import (
         write_classification_dataset,
         write_pretraining_dataset,
         write_quickstart_dataset,

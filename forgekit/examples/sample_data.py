@@ -28,12 +28,13 @@ import random
 from pathlib import Path
 from typing import Any
 
+from forgekit.convert import write_jsonl
+
 __all__ = [
     "CATEGORIES",
     "CLASSIFICATION_LABEL_TOKENS",
     "TICKET_FIELDS",
     "make_ticket_example",
-    "read_jsonl",
     "score_ticket",
     "split_prompt",
     "write_classification_dataset",
@@ -274,8 +275,7 @@ def _write_splits(out_dir: str | Path, splits: dict[str, list[dict]]) -> dict[st
     paths = {}
     for split, rows in splits.items():
         path = out / f"{split}.jsonl"
-        with open(path, "w", encoding="utf-8", newline="\n") as f:
-            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        write_jsonl(rows, path)
         paths[split] = str(path)
     return paths
 
@@ -443,12 +443,6 @@ def write_pretraining_dataset(
     rows = [{"messages": [{"role": "user", "content": t}]} for t in texts]
     train, valid, _ = _split(rows, n_train, n_valid)
     return _write_splits(out_dir, {"train": train, "valid": valid})
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Read a JSONL file written by this module (one JSON object per non-empty line)."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def split_prompt(example: dict) -> tuple[list[dict], str]:

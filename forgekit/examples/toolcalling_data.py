@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from forgekit.convert import write_jsonl
+
 __all__ = [
     "HELD_OUT_TOOLS",
     "KINDS",
@@ -1131,5 +1133,5 @@ def write_tool_calling_dataset(
         r.shuffle(kinds)
         rows = [make_conversation(k, split, r) for k in kinds]
         paths[split] = out / f"{split}.jsonl"
-        paths[split].write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+        write_jsonl(rows, paths[split])
     return paths

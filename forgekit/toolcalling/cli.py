@@ -30,12 +30,12 @@ def read_conversations(path: str) -> list[dict]:
 
 
 def _write_jsonl(rows: list[dict], path: str | None) -> None:
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    from forgekit.convert import write_jsonl
+
     if path in (None, "-"):
-        sys.stdout.write(text)
+        sys.stdout.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     else:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text, encoding="utf-8")
+        write_jsonl(rows, path)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -23,6 +23,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from forgekit.convert import write_jsonl
+
 __all__ = [
     "convert_glaive",
     "convert_openai_logs",
@@ -30,7 +32,6 @@ __all__ = [
     "openai_log_record",
     "read_records",
     "split_records",
-    "write_jsonl",
     "write_splits",
 ]
 
@@ -267,14 +268,6 @@ def split_records(records: list[dict], valid: int, test: int, seed: int = 0) -> 
     return {"test": rows[:test], "valid": rows[test : test + valid], "train": rows[test + valid :]}
 
 
-def write_jsonl(records: list[dict], path: str | Path) -> Path:
-    """Write records as JSONL (UTF-8, one object per line); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
-
-
 GLAIVE_DATASET = "glaiveai/glaive-function-calling-v2"
 
 
@@ -304,7 +297,7 @@ def write_splits(
     """
     out = Path(out_dir)
     if source == "synthetic":
-        from forgekit.toolcalling.datagen import write_tool_calling_dataset
+        from forgekit.examples.toolcalling_data import write_tool_calling_dataset
 
         n = 1000 if n_train is None else n_train
         return write_tool_calling_dataset(out, n, n_valid, n_test, seed=seed), []

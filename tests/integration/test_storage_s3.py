@@ -65,7 +65,7 @@ def env(monkeypatch):
 
 
 def test_chat_jsonl_train_path_is_read_from_s3(s3, tmp_path):
-    from forgekit.sample_data import write_quickstart_dataset
+    from forgekit.examples.sample_data import write_quickstart_dataset
 
     local = write_quickstart_dataset(tmp_path / "tickets", n_train=6, n_valid=2, n_test=1)["train"]
     url = f"{s3}/data/train.jsonl"

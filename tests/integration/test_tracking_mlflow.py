@@ -169,8 +169,8 @@ def test_finetune_reports_its_run_to_the_server(mlflow_server, tiny_model_dir, t
     """Through the launcher: one CPU Ray worker, whose logger_setup sets the variables in the worker process."""
     import ray
 
+    from forgekit.examples.sample_data import write_quickstart_dataset
     from forgekit.runs import read_metrics
-    from forgekit.sample_data import write_quickstart_dataset
     from forgekit.train import finetune
 
     data = write_quickstart_dataset(tmp_path / "data", n_train=8, n_valid=4, n_test=1)

@@ -40,7 +40,8 @@ def ray_cluster():
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
     """8 training examples (one optimizer step of 2 workers x 4 sees them all: a repeated batch), 8 valid."""
-    from forgekit.sample_data import read_jsonl, write_classification_dataset, write_quickstart_dataset
+    from forgekit.convert import read_jsonl
+    from forgekit.examples.sample_data import write_classification_dataset, write_quickstart_dataset
 
     root = tmp_path_factory.mktemp("data")
     paths = write_quickstart_dataset(root / "tickets", n_train=8, n_valid=8, n_test=1)
@@ -353,7 +354,7 @@ def test_killed_run_resumes_to_the_same_final_loss(ray_cluster, tiny_model_dir, 
     embedding noise draw from the RNG.
     """
     from forgekit.config import load_config
-    from forgekit.sample_data import write_quickstart_dataset
+    from forgekit.examples.sample_data import write_quickstart_dataset
     from forgekit.train import finetune
 
     paths = write_quickstart_dataset(tmp_path / "data", n_train=32, n_valid=8, n_test=1)

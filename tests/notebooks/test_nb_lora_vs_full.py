@@ -7,8 +7,8 @@ from pathlib import Path
 
 import nbformat
 
-from forgekit.analysis import count_parameters
 from forgekit.config import load_config
+from forgekit.estimates import count_parameters
 from forgekit.runs import read_result
 from tests.notebooks.harness import REPO, parameter_names, run_notebook
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import nbformat
 import pytest
 
-from forgekit.analysis import lr_schedule
+from forgekit.estimates import lr_schedule
 from forgekit.runs import read_config, read_metrics, read_result
 from tests.notebooks.harness import REPO, parameter_names, run_notebook
 

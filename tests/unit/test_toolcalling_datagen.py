@@ -10,8 +10,8 @@ import string
 import pytest
 
 from forgekit.data import validate_record
-from forgekit.toolcalling import datagen
-from forgekit.toolcalling.datagen import (
+from forgekit.examples import toolcalling_data as datagen
+from forgekit.examples.toolcalling_data import (
     HELD_OUT_TOOLS,
     KINDS,
     TOOLS,
