@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from forgekit.plan import derive_batch_sizes, describe_batch
 from forgekit.config import ConfigError
+from forgekit.plan import derive_batch_sizes, describe_batch
 
 # (total, max per device, world size) -> (per device, accumulation); worked out by hand:
 # per worker = total / world; per device = the largest divisor of that which is <= max; accumulation = the rest.

@@ -93,7 +93,6 @@ def test_lora_adapter_is_loaded_merged_with_its_tokenizer(tiny_model_dir, tmp_pa
 
 def test_default_dtype_and_threads(tiny_model_dir, monkeypatch):
     import forgekit.hardware
-    from forgekit import generate as gen
 
     assert default_dtype("cuda") == torch.bfloat16
     monkeypatch.setattr(forgekit.hardware, "cpu_has_bf16", lambda: False)
