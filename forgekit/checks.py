@@ -108,6 +108,25 @@ def _writable(path: Path) -> bool:
     return os.access(path, os.W_OK | os.X_OK)
 
 
+def check_storage(cfg: FinetuneConfig, hw: Hardware) -> None:
+    """Remote paths answer before any worker starts: `output_dir`'s bucket takes a write, the data's and the
+    checkpoints' buckets are there (backend installed, credentials in the environment, server reachable)."""
+    from forgekit import storage
+
+    problems = []
+    keys = ("output_dir", "train_path", "valid_path", "model_id", "initial_base_model_ckpt_path",
+            "initial_adapter_model_ckpt_path")
+    for key in keys:
+        value = getattr(cfg, key)
+        if value and storage.is_remote(value) and storage.scheme(value) != "hf":
+            try:
+                storage.check_reachable(value, key, write=key == "output_dir")
+            except storage.StorageError as e:
+                problems.extend(e.problems)
+    if problems:
+        raise storage.StorageError(problems)
+
+
 def check_logger(cfg: FinetuneConfig, hw: Hardware) -> None:
     """The logger provider's package is installed (here; the workers need it too)."""
     from forgekit.tracking import check_logger as check
@@ -130,7 +149,7 @@ def check_data(cfg: FinetuneConfig, hw: Hardware) -> None:
 
 
 CHECKS: list[Callable[[FinetuneConfig, Hardware], None]] = [
-    check_deepspeed, check_paths, check_logger, check_tokenizer, check_data,
+    check_deepspeed, check_paths, check_storage, check_logger, check_tokenizer, check_data,
 ]
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_LORA",
     "ConfigError",
     "FinetuneConfig",
+    "PreferenceTuningConfig",
     "PromptFormatConfig",
     "apply_overrides",
     "format_config",
@@ -154,6 +155,48 @@ class LigerConfig(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Passed to liger's apply function.")
 
 
+class LogprobScalingConfig(_Strict):
+    """LLMForge's Ray Data actors that computed the reference log-probs beside training. forgekit computes them on
+    the training workers before the first step (`precompute_ref_log_probs`): only `batch_size` is used."""
+
+    custom_resources: dict[str, float] = Field(default_factory=dict, description="Not used (no separate actors).")
+    concurrency: int | None = Field(None, ge=1, description="Not used (every training worker takes its share).")
+    batch_size: int | None = Field(None, ge=1, description="Pairs per forward pass of the reference log-probs "
+                                   "(TRL's precompute_ref_batch_size); unset: the plan's micro batch.")
+
+
+class PreferenceTuningConfig(_Strict):
+    """`task: preference_tuning`: LLMForge's section (`beta`, `logprob_processor_scaling_config`) plus the TRL
+    DPOConfig / KTOConfig knobs users know, with TRL's defaults (forgekit.worker.preference builds the trainer)."""
+
+    beta: float = Field(0.1, gt=0, description=(
+        "How far the policy may move from the reference: higher keeps it closer (TRL's beta; DPO's β; IPO's τ "
+        "regularisation; SimPO's reward scale, where 2.0-2.5 is the paper's range)."))
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "kto", "simpo"] = Field("sigmoid", description=(
+        "sigmoid: DPO (Rafailov et al. 2023); ipo: IPO (Azar et al. 2023, length-normalised as in TRL); hinge: "
+        "SLiC's hinge on the DPO margin; robust: DPO with label_smoothing as the probability a label is flipped "
+        "(Chowdhury et al. 2024); kto: KTO (Ethayarajh et al. 2024) on unpaired completions labelled desirable or "
+        "not, TRL's KTOTrainer; simpo: SimPO (Meng et al. 2024), reference-free: the length-normalised log-prob "
+        "margin minus simpo_gamma (TRL's sigmoid_norm loss with constant reference log-probs)."))
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description=(
+        "TRL's label_smoothing: for loss_type robust the probability a preference label is flipped (0.1 is typical)."))
+    simpo_gamma: float = Field(0.5, ge=0, description="SimPO's target reward margin γ (loss_type simpo only).")
+    desirable_weight: float = Field(1.0, gt=0, description="KTO: weight of the desirable (label true) completions.")
+    undesirable_weight: float = Field(1.0, gt=0, description="KTO: weight of the undesirable (label false) ones.")
+    precompute_ref_log_probs: bool = Field(True, description=(
+        "Compute the reference log-probs of every pair once, before the first step (TRL's precompute_ref_log_probs), "
+        "cached beside the tokenized data, instead of a reference forward pass in every step. A full fine-tune then "
+        "holds no reference copy of the weights. On by default: faster per step and less memory "
+        "(measured: tests/integration/test_preference.py, the report of issue 24)."))
+    logprob_processor_scaling_config: LogprobScalingConfig | None = Field(None, description=(
+        "LLMForge's reference log-prob actors: accepted; its batch_size sets the precompute batch, the rest is noted "
+        "as not used by `forgekit validate`."))
+
+    @property
+    def reference_free(self) -> bool:
+        return self.loss_type == "simpo"
+
+
 class FinetuneConfig(_Strict):
     """Everything a fine-tuning run uses. Unset optional values are derived (see module docstring)."""
 
@@ -165,8 +208,9 @@ class FinetuneConfig(_Strict):
         "instruction_tuning",
         description="instruction_tuning: loss on the assistant turns; causal_lm: on every token (continued "
         "pre-training); classification: on one label token per example (classifier_config; a config with "
-        "classifier_config and no task is a classification run, as in LLMForge); preference_tuning: accepted, "
-        "not yet supported.",
+        "classifier_config and no task is a classification run, as in LLMForge); preference_tuning: DPO and its "
+        "family on chosen/rejected pairs (or KTO's labelled completions) with TRL's trainers "
+        "(preference_tuning_config; forgekit.preference reads the data).",
     )
     context_length: int | None = Field(None, ge=8, description=(
         "Max tokens per example. Unset: derived from the data: the power of two at or above the 95th percentile "
@@ -288,6 +332,8 @@ class FinetuneConfig(_Strict):
     # --- prompts and tasks
     generation_config: GenerationConfig = Field(default_factory=GenerationConfig)
     classifier_config: ClassifierConfig | None = None
+    preference_tuning_config: PreferenceTuningConfig | None = Field(None, description=(
+        "task: preference_tuning's loss and reference (unset: DPO, beta 0.1, reference log-probs precomputed)."))
     # --- continued fine-tuning
     initial_base_model_ckpt_path: str | None = Field(None, description="Full weights to start from.")
     initial_adapter_model_ckpt_path: str | None = Field(None, description="LoRA adapter to continue training.")
@@ -401,6 +447,10 @@ class FinetuneConfig(_Strict):
             problems.append(f"profile_steps: expected [first, last] with 1 <= first <= last, got {list(self.profile_steps)}")
         if self.packing and self.task == "classification":
             problems.append("packing is not supported for task: classification (one label per row)")
+        if self.task == "preference_tuning" and self.packing:
+            problems.append("packing is not supported for task: preference_tuning (each pair is its own rows)")
+        if self.task != "preference_tuning" and self.preference_tuning_config is not None:
+            problems.append(f"preference_tuning_config is only used with task: preference_tuning (task is {self.task})")
         if self.packing and self.padding == "max_length":
             problems.append("packing: true has no padding; remove padding: max_length")
         if problems:
@@ -581,9 +631,6 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-PREFERENCE_NOT_YET = "task: preference_tuning is accepted by the schema but not yet supported"
-
-
 def load_config(
     source: str | os.PathLike | dict | FinetuneConfig,
     overrides: list[str] | tuple[str, ...] | dict[str, Any] = (),
@@ -657,11 +704,7 @@ def load_config(
                     FinetuneConfig._cross_field(raw)
                 except ValueError as x:
                     problems.extend(str(x).split(" | "))
-        if data.get("task") == "preference_tuning":
-            problems.append(PREFERENCE_NOT_YET)
         raise ConfigError(legacy_problems + problems, name) from None
-    if cfg.task == "preference_tuning":
-        legacy_problems.append(PREFERENCE_NOT_YET)
     if legacy_problems:
         raise ConfigError(legacy_problems, name)
     cfg._derived = derived
@@ -676,7 +719,7 @@ def _llmforge_only_keys(data: dict) -> tuple[dict, list[str], list[str]]:
     of LLMForge's) is not used; `flash_attention_2: false` means `attn_implementation: sdpa` (true: forgekit picks
     FlashAttention kernels on GPUs itself); `checkpoint_every_n_epochs: N` (LLMForge's older key) means
     `checkpoint_and_evaluation_frequency: {unit: epochs, frequency: N}`; `preference_tuning_config` belongs to
-    `task: preference_tuning`, which is not supported yet.
+    `task: preference_tuning` (and its `logprob_processor_scaling_config`'s Ray Data actors are noted as not used).
     """
     data, notes, problems = dict(data), [], []
     if "dataset_size_scaling_factor" in data:
@@ -704,10 +747,21 @@ def _llmforge_only_keys(data: dict) -> tuple[dict, list[str], list[str]]:
             data["checkpoint_and_evaluation_frequency"] = {"unit": "epochs", "frequency": value}
             notes.append(f"checkpoint_every_n_epochs: {value} -> checkpoint_and_evaluation_frequency: "
                          f"{{unit: epochs, frequency: {value}}}")
-    if "preference_tuning_config" in data:
+    if "preference_tuning_config" in data and data.get("task") != "preference_tuning":
         data.pop("preference_tuning_config")
-        if data.get("task") != "preference_tuning":  # (with it, the task's own message says it)
-            problems.append("preference_tuning_config: belongs to task: preference_tuning, which is not yet supported")
+        problems.append(f"preference_tuning_config: belongs to task: preference_tuning (task is "
+                        f"{data.get('task', 'instruction_tuning')})")
+    scaling = (data.get("preference_tuning_config") or {}).get("logprob_processor_scaling_config") \
+        if isinstance(data.get("preference_tuning_config"), dict) else None
+    if isinstance(scaling, dict):
+        unused = [k for k in ("custom_resources", "concurrency") if scaling.get(k)]
+        if unused:
+            notes.append(f"preference_tuning_config.logprob_processor_scaling_config: {', '.join(unused)} not used "
+                         "(LLMForge's Ray Data actors; forgekit's training workers compute the reference log-probs "
+                         "once before the first step, cached beside the tokenized data)")
+        if scaling.get("batch_size"):
+            notes.append(f"preference_tuning_config.logprob_processor_scaling_config.batch_size: "
+                         f"{scaling['batch_size']} -> pairs per reference forward pass (TRL's precompute_ref_batch_size)")
     _more_llmforge_keys(data, notes, problems)
     return data, notes, problems
 

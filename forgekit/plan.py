@@ -234,8 +234,9 @@ class Plan:
         precision: "bf16", "bf16-autocast" (CPU), "fp32", or "auto" (each worker's GPU decides).
         pad_to_multiple_of: padded batch lengths are rounded up to it (1 for packed rows).
         deepspeed: the DeepSpeed dict with forgekit's values filled in (None: no DeepSpeed).
-        model_path: where the weights load from (a local directory, or a Hub id the workers download).
-        adapter_path: the LoRA adapter to continue training (`initial_adapter_model_ckpt_path`), absolute.
+        model_path: where the weights load from (a local directory, a Hub id the workers download, or an s3:// /
+            gs:// directory each node copies into its cache once: `forgekit.prepare.local_copy`).
+        adapter_path: the LoRA adapter to continue training (`initial_adapter_model_ckpt_path`), absolute or a URL.
         derived: the config fields whose values were derived (marked in config.yaml and `forgekit validate`).
     """
 
@@ -353,13 +354,14 @@ class Plan:
             out["precision"] = "bf16 where the GPU supports it, else fp32"
         return out
 
-    def write(self, run_dir: str | Path) -> Path:
-        """Write plan.json into `run_dir` (atomically)."""
-        path = Path(run_dir) / PLAN_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2, default=str) + "\n")
-        tmp.replace(path)
-        return path
+    def write(self, run_dir: str | Path) -> Path | str:
+        """Write plan.json into `run_dir`, local or remote (whole: renamed into place, or one PUT); its path (a URL
+        for a remote run directory)."""
+        from forgekit import storage
+
+        path = storage.join(run_dir, PLAN_FILE)
+        storage.write_text(path, json.dumps(self.to_json(), indent=2, default=str) + "\n")
+        return path if storage.is_remote(path) else Path(path)
 
 
 def _absolute(value: str | None) -> str | None:

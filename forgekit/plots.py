@@ -67,12 +67,7 @@ def plot_runs(
     path: str | Path | None = None,
 ) -> Any:
     """One panel per metric, one line per run; returns the matplotlib Figure (saved to `path` if given)."""
-    import matplotlib
-
-    if path is not None and matplotlib.get_backend().lower() not in ("agg",) and not _interactive():
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot(path)
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for label, run in runs.items():
@@ -91,10 +86,7 @@ def plot_runs(
             ax.legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+    _save(fig, path)
     return fig
 
 
@@ -153,15 +145,6 @@ def _pyplot(path: str | Path | None) -> Any:
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _interactive() -> bool:
-    try:
-        from IPython import get_ipython
-
-        return get_ipython() is not None
-    except ImportError:
-        return False
 
 
 def _save(fig: Any, path: str | Path | None) -> None:

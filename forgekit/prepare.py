@@ -95,7 +95,19 @@ class PreparedData:
 def _model_path(cfg: FinetuneConfig) -> str:
     from forgekit.models import resolve_model_path
 
-    return cfg.initial_base_model_ckpt_path or resolve_model_path(cfg.model_id)
+    if cfg.initial_base_model_ckpt_path:
+        return local_copy(cfg.initial_base_model_ckpt_path, "initial_base_model_ckpt_path")
+    return local_copy(resolve_model_path(cfg.model_id), "model_id")
+
+
+def local_copy(path: str, key: str) -> str:
+    """`path` itself, or for a model or checkpoint directory on object storage (s3://, gs://) its copy in the
+    cache (`<cache>/remote/`, downloaded once per version of its files), where `from_pretrained` loads it."""
+    from forgekit import storage
+
+    if not storage.is_remote(path) or storage.scheme(path) == "hf":
+        return path
+    return str(storage.localize(path, cache_root() / "remote", key=key))
 
 
 def load_tokenizer(cfg: FinetuneConfig) -> Any:
@@ -108,6 +120,7 @@ def load_tokenizer(cfg: FinetuneConfig) -> Any:
 
     source, key = _model_path(cfg), "initial_base_model_ckpt_path" if cfg.initial_base_model_ckpt_path else "model_id"
     adapter = cfg.initial_adapter_model_ckpt_path
+    adapter = adapter and local_copy(adapter, "initial_adapter_model_ckpt_path")
     if adapter and (Path(adapter) / "tokenizer_config.json").exists():
         source, key = adapter, "initial_adapter_model_ckpt_path"
     try:
@@ -285,7 +298,13 @@ def read_data(cfg: FinetuneConfig) -> tuple[list, list | None]:
         path = getattr(cfg, key)
         if path:
             try:
-                examples[key] = read_examples(path, cfg.task)
+                if cfg.task == "preference_tuning":  # chosen/rejected pairs, not conversations
+                    from forgekit.preference import read_pairs
+
+                    loss = cfg.preference_tuning_config.loss_type if cfg.preference_tuning_config else "sigmoid"
+                    examples[key] = read_pairs(path, loss)
+                else:
+                    examples[key] = read_examples(path, cfg.task)
             except DataError as e:
                 problems += e.problems
                 total += e.total
@@ -295,6 +314,10 @@ def read_data(cfg: FinetuneConfig) -> tuple[list, list | None]:
 
 
 def _build(cfg: FinetuneConfig, spec: DataSpec, tok: Any, model_max: int | None, target: Path, key_parts: dict) -> dict:
+    if cfg.task == "preference_tuning":  # pairs' rows (prompt, chosen, rejected ids): forgekit.preference
+        from forgekit.preference import build_pairs
+
+        return build_pairs(cfg, spec, tok, model_max, target, key_parts, read_data(cfg))
     started = time.time()
     train, valid = read_data(cfg)
     train_rows, _ = _tokenize_all(train, tok, cfg)

@@ -25,13 +25,16 @@ __all__ = ["checkpoint_size", "checkpoint_step", "cost_per_million_tokens", "lis
 def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
     """Rows of `metrics.jsonl`, optionally only one kind (`train`, `eval`, `final`); [] if none yet.
 
-    A line being written while this reads (the last, without its newline) is skipped.
+    A line being written while this reads (the last, without its newline) is skipped. `run_dir` may be on object
+    storage (s3://, gs://): rank 0 mirrors the file there while the run trains.
     """
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
+    from forgekit import storage
+
+    path = storage.join(run_dir, "metrics.jsonl")
+    if not storage.exists(path):
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for line in storage.read_text(path).splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
@@ -47,23 +50,38 @@ def read_result(run_dir: str | Path) -> dict[str, Any]:
     Raises:
         FileNotFoundError: the run has not finished (or never started) — the message says which.
     """
-    path = Path(run_dir) / "result.json"
-    if not path.exists():
-        state = "has not finished" if (Path(run_dir) / "config.yaml").exists() else "does not exist"
+    from forgekit import storage
+
+    path = storage.join(run_dir, "result.json")
+    if not storage.exists(path):
+        state = "has not finished" if storage.exists(storage.join(run_dir, "config.yaml")) else "does not exist"
         raise FileNotFoundError(f"{run_dir}: run {state} (no result.json)")
-    return json.loads(path.read_text())
+    return json.loads(storage.read_text(path))
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
     """The resolved config a run used, as a dict."""
     import yaml
 
-    return yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    from forgekit import storage
+
+    return yaml.safe_load(storage.read_text(storage.join(run_dir, "config.yaml")))
 
 
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Published checkpoints of a run, oldest first (half-copied ones are never listed: they are renamed in)."""
-    root = Path(run_dir) / "checkpoints"
+def list_checkpoints(run_dir: str | Path) -> list[Path] | list[str]:
+    """Published checkpoints of a run, oldest first (half-copied ones are never listed: they are renamed in).
+
+    For a run directory on object storage, their URLs (`s3://.../checkpoints/step-000003`): those whose every
+    part was uploaded (they hold the marker rank 0 writes after the upload; a killed upload leaves none).
+    """
+    from forgekit import storage
+    from forgekit.worker.checkpoints import CHECKPOINTS, UPLOADED
+
+    if storage.is_remote(run_dir):
+        root = storage.join(run_dir, CHECKPOINTS)
+        names = [n for n in storage.listdir(root) if n.startswith("step-")]
+        return [c for c in (storage.join(root, n) for n in names) if storage.exists(storage.join(c, UPLOADED))]
+    root = Path(run_dir) / CHECKPOINTS
     if not root.exists():
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))

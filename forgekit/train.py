@@ -232,21 +232,22 @@ def _scaling_config(cfg: FinetuneConfig, use_gpu: bool) -> Any:
                                    resources_per_worker=worker_resources(cfg, use_gpu))
 
 
-def _prepare_run_dir(run_dir: Path, plan: Any) -> bool:
-    """Create or re-open the run directory (config.yaml, manifest.json, plan.json); True when it already holds a
-    finished run."""
+def _prepare_run_dir(run_dir: str | Path, plan: Any) -> bool:
+    """Create or re-open the run directory, local or remote (config.yaml, manifest.json, plan.json); True when it
+    already holds a finished run."""
+    from forgekit import storage
+
     cfg_text = format_config(plan.resolved)
-    config_file = run_dir / "config.yaml"
-    if config_file.exists():
-        if _strip_comments(config_file.read_text()) != _strip_comments(cfg_text):
+    config_file = storage.join(run_dir, "config.yaml")
+    if storage.exists(config_file):
+        if _strip_comments(storage.read_text(config_file)) != _strip_comments(cfg_text):
             raise ConfigError([
                 f"run_name: {run_dir} holds a run with a different config; resuming it would mix two runs. "
                 "Choose another run_name (or output_dir), or delete that directory"
             ])
-        return (run_dir / "result.json").exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_file.write_text(cfg_text)
-    (run_dir / "manifest.json").write_text(json.dumps(plan.data.manifest, indent=2))
+        return storage.exists(storage.join(run_dir, "result.json"))
+    storage.write_text(config_file, cfg_text)  # (a local run directory is created with it)
+    storage.write_text(storage.join(run_dir, "manifest.json"), json.dumps(plan.data.manifest, indent=2))
     plan.write(run_dir)
     return False
 
@@ -256,17 +257,42 @@ def _strip_comments(text: str) -> str:
 
 
 class _Progress(threading.Thread):
-    """Driver-side progress bar (steps, loss, ETA) fed by rank 0's metrics.jsonl; works in terminals and notebooks."""
+    """Driver-side progress bar (steps, loss, ETA) fed by rank 0's metrics.jsonl; works in terminals and notebooks.
 
-    def __init__(self, metrics_file: Path, enabled: bool) -> None:
+    A remote metrics.jsonl (rank 0 uploads it every `forgekit.worker.metrics.SYNC_SECONDS` and at evaluations) is
+    read whole every 5 s.
+    """
+
+    def __init__(self, metrics_file: str | Path, enabled: bool) -> None:
+        from forgekit import storage
+
         super().__init__(daemon=True)
-        self.metrics_file, self.enabled = metrics_file, enabled
+        self.remote = storage.is_remote(metrics_file)
+        self.metrics_file, self.enabled = metrics_file if self.remote else Path(metrics_file), enabled
         self.stop = threading.Event()
         self._offset, self._inode = 0, None
+
+    def _new_remote_rows(self) -> list[dict]:
+        from forgekit import storage
+
+        try:
+            lines = storage.read_text(self.metrics_file).splitlines()
+        except storage.StorageError:  # not there yet (or the storage did not answer this time)
+            return []
+        if len(lines) < self._offset:  # replaced by a retried worker's
+            self._offset = 0
+        rows = []
+        for line in lines[self._offset:]:
+            with contextlib.suppress(json.JSONDecodeError):
+                rows.append(json.loads(line))
+        self._offset = len(lines)
+        return rows
 
     def new_rows(self) -> list[dict]:
         """The complete lines written since the last call. A retried worker replaces the file with the lines up
         to its checkpoint (`_Reporter.reset_metrics`): then reading starts over from the top."""
+        if self.remote:
+            return self._new_remote_rows()
         try:
             st = self.metrics_file.stat()
         except FileNotFoundError:
@@ -290,7 +316,7 @@ class _Progress(threading.Thread):
         from tqdm.auto import tqdm
 
         bar, evals_shown = None, set()
-        while not self.stop.wait(1.0):
+        while not self.stop.wait(5.0 if self.remote else 1.0):
             for row in self.new_rows():
                 if bar is None and row.get("max_steps"):
                     bar = tqdm(total=row["max_steps"], desc="fine-tuning", unit="step", dynamic_ncols=True)
@@ -339,17 +365,21 @@ def finetune(
                        local=not attached or not (address or os.environ.get("RAY_ADDRESS")))
     log.info("forgekit: %s", plan.describe_batch())
     run_name = run_name_for(plan.resolved, plan.data.manifest["cache_key"])
-    output_dir = Path(cfg.output_dir).expanduser().resolve()
-    run_dir = output_dir / run_name
+    from forgekit import storage
+
+    # a local directory, or a URL (s3://bucket/runs/<run_name>) that Ray Train and forgekit write through fsspec
+    run_dir = (storage.join(cfg.output_dir, run_name) if storage.is_remote(cfg.output_dir)
+               else Path(cfg.output_dir).expanduser().resolve() / run_name)
     if _prepare_run_dir(run_dir, plan):
         log.info("%s already finished; its result:", run_dir)
-        return {**json.loads((run_dir / "result.json").read_text()), "run_dir": str(run_dir)}
+        return {**json.loads(storage.read_text(storage.join(run_dir, "result.json"))), "run_dir": str(run_dir)}
 
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from forgekit.worker import train_worker
 
+    storage_path, storage_fs = storage.ray_storage(cfg.output_dir)
     keep = ray.train.CheckpointConfig(
         num_to_keep=cfg.num_checkpoints_to_keep,
         checkpoint_score_attribute="eval_loss" if plan.data.valid_dir else None,
@@ -363,14 +393,15 @@ def finetune(
         scaling_config=_scaling_config(cfg, plan.hardware.use_gpu),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=str(output_dir),
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
             checkpoint_config=keep,
             failure_config=ray.train.FailureConfig(max_failures=int(os.environ.get("FORGEKIT_MAX_FAILURES", "1"))),
         ),
     )
-    (run_dir / DIVERGED).unlink(missing_ok=True)  # a re-run after lowering the learning rate starts clean
+    storage.remove(storage.join(run_dir, DIVERGED))  # a re-run after lowering the learning rate starts clean
     started = time.time()
-    bar = _Progress(run_dir / "metrics.jsonl", progress)
+    bar = _Progress(storage.join(run_dir, "metrics.jsonl"), progress)
     bar.start()
     try:
         result = trainer.fit()
@@ -381,19 +412,22 @@ def finetune(
         bar.join(timeout=5)
     if result.error is not None:
         raise TrainingError(f"training failed in a worker: {_worker_error(result.error)}")
-    if (run_dir / DIVERGED).is_file():
-        raise TrainingDiverged((run_dir / DIVERGED).read_text().strip())
+    if storage.exists(storage.join(run_dir, DIVERGED)):
+        raise TrainingDiverged(storage.read_text(storage.join(run_dir, DIVERGED)).strip())
     summary = _summarize(run_dir, result, wall=time.time() - started)
-    (run_dir / ".result.json.tmp").write_text(json.dumps(summary, indent=2))
-    os.replace(run_dir / ".result.json.tmp", run_dir / "result.json")
+    storage.write_text(storage.join(run_dir, "result.json"), json.dumps(summary, indent=2))
     return {**summary, "run_dir": str(run_dir)}
 
 
-def _last_checkpoint(run_dir: Path) -> str | None:
-    """The newest complete checkpoint in the run directory (published by an atomic rename), if any."""
+def _last_checkpoint(run_dir: str | Path) -> str | None:
+    """The newest complete checkpoint in the run directory (published by an atomic rename; on object storage,
+    marked uploaded once every node's part was in), if any."""
+    from forgekit import storage
     from forgekit.runs import list_checkpoints
 
-    done = [c for c in list_checkpoints(run_dir) if (c / "trainer_state.json").is_file()]
+    done = list_checkpoints(run_dir)
+    if not storage.is_remote(run_dir):
+        done = [c for c in done if (c / "trainer_state.json").is_file()]
     if done and not has_optimizer_state(done[-1]):
         raise ConfigError([cannot_resume(done[-1])])
     return str(done[-1]) if done else None
@@ -407,7 +441,8 @@ def _worker_error(e: BaseException) -> str:
     return text.strip()
 
 
-def _summarize(run_dir: Path, result: Any, wall: float) -> dict[str, Any]:
+def _summarize(run_dir: str | Path, result: Any, wall: float) -> dict[str, Any]:
+    from forgekit import storage
     from forgekit.runs import list_checkpoints, read_metrics
 
     train = read_metrics(run_dir, kind="train")
@@ -415,11 +450,13 @@ def _summarize(run_dir: Path, result: Any, wall: float) -> dict[str, Any]:
     final = read_metrics(run_dir, kind="final")
     checkpoints = list_checkpoints(run_dir)
     best_ckpt = result.best_checkpoints[0][0].path if evals and result.best_checkpoints else None
+    if best_ckpt and storage.is_remote(run_dir):  # Ray's path is inside the bucket: the URL, as the run dir's
+        best_ckpt = f"{storage.scheme(run_dir)}://{best_ckpt}"
     # the best of the trained model's evaluations: step 0 is the untrained baseline (first_eval_loss), no checkpoint
     trained = [r for r in evals if "eval_loss" in r and r["step"] > 0]
     best = min(trained, key=lambda r: r["eval_loss"]) if trained else None
     if best:
-        ckpt_for_best = {c.name: c for c in checkpoints}.get(f"step-{best['step']:06d}")
+        ckpt_for_best = {str(c).rsplit("/", 1)[-1]: c for c in checkpoints}.get(f"step-{best['step']:06d}")
         best_ckpt = str(ckpt_for_best) if ckpt_for_best else best_ckpt
     info = final[-1] if final else {}
     out = {

@@ -4,7 +4,9 @@
 shared file system, the first worker of every node copies its node's part (each rank's ZeRO shards and RNG state
 are written on the rank's own node) into one gathering dir; after a barrier, world rank 0 reports it to Ray,
 whose upload function (`publish`) renames it into place. On remote storage (s3://, gs://) each node's part is
-uploaded by Ray into the same prefix. Each node then deletes its local copy.
+uploaded by Ray into the same prefix; once every node's upload returned, world rank 0 writes the `UPLOADED` marker
+into it (an object store has no rename: a resume takes only checkpoints with the marker). Each node then deletes
+its local copy.
 """
 
 from __future__ import annotations
@@ -18,10 +20,24 @@ from typing import Any
 
 from forgekit import faults
 
-__all__ = ["CHECKPOINTS", "DIVERGED", "CheckpointPublisher", "barrier", "has_optimizer_state"]
+__all__ = ["CHECKPOINTS", "DIVERGED", "UPLOADED", "CheckpointPublisher", "barrier", "has_optimizer_state",
+           "node_dir"]
 
 # names in the run directory: the published checkpoints, and the message of a run that diverged
 CHECKPOINTS, DIVERGED = "checkpoints", "diverged.txt"
+UPLOADED = ".forgekit-uploaded"  # in a remote checkpoint: every node's part is in
+
+
+def node_dir(run_dir: str | Path) -> Path:
+    """Where this node writes the run directory's files: the run directory itself, or for one on object storage a
+    node-local mirror (metrics.jsonl, logs/, profiles) that is uploaded from."""
+    from forgekit import storage
+
+    if not storage.is_remote(run_dir):
+        return Path(run_dir)
+    where = hashlib.sha256(str(run_dir).encode()).hexdigest()[:8]
+    name = str(run_dir).rstrip("/").rsplit("/", 1)[-1]
+    return Path(tempfile.gettempdir()) / "forgekit-runs" / f"{name}-{where}-{os.getuid()}"
 
 
 def barrier() -> None:
@@ -33,7 +49,12 @@ def barrier() -> None:
 
 
 def has_optimizer_state(checkpoint: str | Path) -> bool:
-    """Whether a Trainer checkpoint can resume a run (optimizer state: torch's file or DeepSpeed's shards)."""
+    """Whether a Trainer checkpoint (a local directory or a URL) can resume a run (optimizer state: torch's file or
+    DeepSpeed's shards)."""
+    from forgekit import storage
+
+    if storage.is_remote(checkpoint):
+        return any(n == "optimizer.pt" or n.startswith("global_step") for n in storage.listdir(checkpoint))
     ckpt = Path(checkpoint)
     return (ckpt / "optimizer.pt").is_file() or any(ckpt.glob("global_step*"))
 
@@ -77,26 +98,31 @@ class CheckpointPublisher:
     """One worker's side of publishing: its staging dir, its node's part, the report to Ray.
 
     Args:
-        run_dir: the run directory (`checkpoints/` is under it).
+        run_dir: the run directory (`checkpoints/` is under it): a local path or a URL.
         rank, world: this worker's world rank and the world size.
         local_rank: this worker's rank among the workers of its node (Ray groups workers by node IP).
     """
 
-    def __init__(self, run_dir: Path, rank: int, world: int, local_rank: int) -> None:
-        self.run_dir, self.rank, self.world = Path(run_dir), rank, world
+    def __init__(self, run_dir: str | Path, rank: int, world: int, local_rank: int) -> None:
+        from forgekit import storage
+
+        self.remote = storage.is_remote(run_dir)
+        self.run_dir, self.rank, self.world = run_dir if self.remote else Path(run_dir), rank, world
+        self.local_dir = node_dir(run_dir)
         self.first_on_node = faults.node_per_worker() or local_rank == 0  # the worker that copies its node's part
         # one per run directory: two runs of the same name in different output_dirs must not share (and clear) it
         where = hashlib.sha256(str(self.run_dir).encode()).hexdigest()[:8]
         if faults.node_per_worker():
             where += f"-w{rank}"  # a node of its own
-        self.staging = Path(tempfile.gettempdir()) / "forgekit-staging" / f"{self.run_dir.name}-{where}-{os.getuid()}"
+        name = str(run_dir).rstrip("/").rsplit("/", 1)[-1]
+        self.staging = Path(tempfile.gettempdir()) / "forgekit-staging" / f"{name}-{where}-{os.getuid()}"
         self.generation_config = None  # saved into adapter checkpoints (they hold none of their own)
 
     def start(self) -> None:
         """Clear what an interrupted attempt left: this node's staging dir, and parts gathered before a publish."""
         if self.first_on_node:
             shutil.rmtree(self.staging, ignore_errors=True)
-        if self.rank == 0:  # (an attempt dies before the first save's barrier, so before any copy of this one)
+        if self.rank == 0 and not self.remote:  # (an attempt dies before the first save's barrier: before any copy)
             for stale in (self.run_dir / CHECKPOINTS).glob(".tmp-step-*"):
                 shutil.rmtree(stale, ignore_errors=True)
 
@@ -127,11 +153,16 @@ class CheckpointPublisher:
             checkpoint = ray.train.Checkpoint.from_directory(str(gathered)) if self.rank == 0 and gathered.exists() else None
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=dir_name, checkpoint_upload_fn=publish)
         else:
+            from forgekit import storage
+
             checkpoint = ray.train.Checkpoint.from_directory(str(local)) if mine else None
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=dir_name)
+            barrier()  # every node's part is uploaded (Ray's report returns after its upload)
+            if self.rank == 0:
+                storage.write_text(storage.join(self.run_dir, dir_name, UPLOADED), f"{step}\n")
         if mine:  # published: the Trainer rotates its output dir on world rank 0's node only
             shutil.rmtree(local, ignore_errors=True)
-        faults.die_after_checkpoint(self.run_dir, step, self.rank, self.world)
+        faults.die_after_checkpoint(self.local_dir, step, self.rank, self.world)
 
     def finish(self) -> None:
         barrier()

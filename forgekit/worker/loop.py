@@ -19,14 +19,18 @@ def train_worker(wc: dict[str, Any]) -> None:
     from datasets import load_from_disk
     from transformers import AutoTokenizer
 
+    from forgekit import storage
     from forgekit.worker import model as m
-    from forgekit.worker.checkpoints import CheckpointPublisher, cannot_resume, has_optimizer_state
+    from forgekit.worker.checkpoints import CheckpointPublisher, cannot_resume, has_optimizer_state, node_dir
     from forgekit.worker.metrics import MetricsFile
+    from forgekit.worker.preference import preference_trainer
 
-    plan, run_dir = wc["plan"], Path(wc["run_dir"])
+    # run_dir: where this node writes (logs, profiles): the run directory, or a node-local mirror of a remote one
+    plan, run_dir = wc["plan"], node_dir(wc["run_dir"])
     cfg, ctx = plan.config, ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     _quiet(run_dir, rank)
+    plan = _local_models(plan, ctx.get_local_rank())
     bf16, cpu_autocast, precision = m.settle_precision(plan.precision) if plan.hardware.use_gpu else (
         False, plan.precision == "bf16-autocast", plan.precision)
 
@@ -43,14 +47,16 @@ def train_worker(wc: dict[str, Any]) -> None:
     if rank == 0:
         print(f"forgekit levers: {levers}", flush=True)
 
-    publisher = CheckpointPublisher(run_dir, rank, world, ctx.get_local_rank())
+    publisher = CheckpointPublisher(wc["run_dir"], rank, world, ctx.get_local_rank())
     publisher.start()
     checkpoint = ray.train.get_checkpoint()  # after a worker failure; after a driver restart the driver found it
     if checkpoint is None and wc.get("resume_from"):
-        checkpoint = ray.train.Checkpoint(path=wc["resume_from"])
-    reporter = _reporter(plan, model, MetricsFile(run_dir, rank), publisher, rank, world)
-    trainer = _trainer(plan, model, tokenizer, train_ds, valid_ds, collator, reporter, publisher, bf16, cpu_autocast,
-                       resumed=checkpoint is not None, rank=rank, run_dir=run_dir)
+        where, fs = storage.ray_storage(wc["resume_from"], "resume_from")  # a local path or a URL
+        checkpoint = ray.train.Checkpoint(path=where, filesystem=fs)
+    reporter = _reporter(plan, model, MetricsFile(wc["run_dir"], rank), publisher, rank, world)
+    build = preference_trainer if cfg.task == "preference_tuning" else _trainer  # TRL's DPO/KTO trainers
+    trainer = build(plan, model, tokenizer, train_ds, valid_ds, collator, reporter, publisher, bf16, cpu_autocast,
+                    resumed=checkpoint is not None, rank=rank, run_dir=run_dir)
 
     if checkpoint is None:
         reporter.metrics.reset(after_step=None)
@@ -64,6 +70,44 @@ def train_worker(wc: dict[str, Any]) -> None:
             trainer.train(resume_from_checkpoint=str(publisher.stage_for_resume(ckpt_dir, step)))
     reporter.finish(trainer, trainable=trainable, total=total, precision=precision, levers=levers)
     publisher.finish()
+    _upload_node_files(wc["run_dir"], run_dir, rank)
+
+
+def _local_models(plan: Any, local_rank: int) -> Any:
+    """The plan with an s3:// or gs:// model or adapter replaced by this node's copy in its cache: the node's first
+    worker downloads it (once per version: the driver's copy, on the same machine), the others wait for it."""
+    import dataclasses
+
+    from forgekit import storage
+    from forgekit.prepare import local_copy
+    from forgekit.worker.checkpoints import barrier
+
+    base_key = "initial_base_model_ckpt_path" if plan.config.initial_base_model_ckpt_path else "model_id"
+    keys = {"model_path": base_key, "adapter_path": "initial_adapter_model_ckpt_path"}
+    remote = {f: getattr(plan, f) for f in keys if getattr(plan, f) and storage.is_remote(getattr(plan, f))}
+    if not remote:
+        return plan
+    if local_rank == 0:
+        for field, url in remote.items():
+            local_copy(url, keys[field])
+    barrier()
+    return dataclasses.replace(plan, **{f: local_copy(url, keys[f]) for f, url in remote.items()})
+
+
+def _upload_node_files(run_dir: str, local_dir: Path, rank: int) -> None:
+    """For a run directory on object storage: each worker's logs/rank-N.log, and rank 0's other files (profiles,
+    TensorBoard events; metrics.jsonl is mirrored while the run trains)."""
+    from forgekit import storage
+
+    if not storage.is_remote(run_dir):
+        return
+    log_file = local_dir / "logs" / f"rank-{rank}.log"
+    if log_file.is_file():
+        sys.stdout.flush()
+        storage.write_text(storage.join(run_dir, "logs", log_file.name), log_file.read_text(errors="replace"))
+    if rank == 0:
+        for sub in sorted(p for p in local_dir.iterdir() if p.is_dir() and p.name != "logs"):
+            storage.upload_dir(sub, storage.join(run_dir, sub.name))
 
 
 def _quiet(run_dir: Path, rank: int) -> None:
@@ -73,7 +117,7 @@ def _quiet(run_dir: Path, rank: int) -> None:
 
     transformers.logging.set_verbosity_error()
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    (run_dir / "logs").mkdir(exist_ok=True)
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     if os.environ.get("FORGEKIT_VERBOSE", "") in ("", "0"):
         sys.stdout = sys.stderr = open(run_dir / "logs" / f"rank-{rank}.log", "a", buffering=1)  # noqa: SIM115
 
@@ -94,7 +138,8 @@ def _model_and_levers(plan: Any, tokenizer: Any, bf16: bool, cpu_autocast: bool,
     attn = perf.pick_attention(cfg.attn_implementation, packing=plan.packing, on_gpu=on_gpu)
     liger = cfg.liger_kernel.enabled
     if liger is None:
-        liger = on_gpu and importlib.util.find_spec("liger_kernel") is not None
+        # (not for preference runs: Liger's fused loss would replace the forward TRL fuses its output layer into)
+        liger = on_gpu and cfg.task != "preference_tuning" and importlib.util.find_spec("liger_kernel") is not None
     model, liger = m.load_model(cfg, tokenizer, torch.bfloat16 if bf16 else torch.float32, attn, liger,
                                 source=plan.model_path, context_length=plan.context_length, adapter=plan.adapter_path)
     if cfg.generation_config.stopping_sequences:  # saved with every checkpoint, where forgekit's generation reads them
@@ -112,7 +157,8 @@ def _model_and_levers(plan: Any, tokenizer: Any, bf16: bool, cpu_autocast: bool,
     fp32_sums = perf.lora_sum_in_fp32(model) if cpu_autocast and cfg.lora_config else 0
     # logits and loss at supervised positions only (not where Liger's fused loss replaced the forward: the function
     # leaves it; nor for classification, whose metrics read the logits of every row)
-    supervised_logits = cfg.supervised_logits and cfg.task != "classification" and perf.supervised_logits_only(model)
+    supervised_logits = cfg.supervised_logits and cfg.task not in ("classification", "preference_tuning") and (
+        perf.supervised_logits_only(model))  # (TRL's preference trainers fuse the output layer themselves)
     compiled = cfg.torch_compile and plan.zero_stage < 3
     if compiled:
         perf.compile_decoder_layers(model, dynamic=True)
@@ -167,15 +213,37 @@ def _trainer(plan: Any, model: Any, tokenizer: Any, train_ds: Any, valid_ds: Any
     from transformers import TrainingArguments
     from transformers.trainer_callback import PrinterCallback
 
-    from forgekit import perf
-    from forgekit.tracking import logger_setup
     from forgekit.worker import model as m
 
-    cfg, has_eval = plan.config, valid_ds is not None
+    cfg = plan.config
+    args = TrainingArguments(**training_arguments(plan, publisher, bf16, has_eval=valid_ds is not None,
+                                                  resumed=resumed, run_dir=run_dir))
+    metrics_fns = {}
+    if cfg.task == "classification":
+        label_ids = tokenizer.convert_tokens_to_ids(cfg.classifier_config.label_tokens)
+        metrics_fns = m.classification_fns(label_ids, cfg.classifier_config.eval_metrics)
+    callbacks = trainer_callbacks(plan, reporter, rank, run_dir)
+    trainer = m.trainer_class(cpu_autocast)(
+        model=model, args=args, data_collator=collator, processing_class=tokenizer, callbacks=callbacks,
+        train_dataset=train_ds.remove_columns([c for c in ("length",) if c in train_ds.column_names]),
+        eval_dataset=valid_ds.remove_columns(["length"]) if valid_ds is not None else None, **metrics_fns,
+    )
+    trainer.remove_callback(PrinterCallback)  # metrics.jsonl and the driver's progress bar replace it
+    return trainer
+
+
+def training_arguments(plan: Any, publisher: Any, bf16: bool, *, has_eval: bool, resumed: bool,
+                       run_dir: Path) -> dict[str, Any]:
+    """The TrainingArguments keywords of the plan's batch, schedule, precision and DeepSpeed dict (the Trainer's,
+    and TRL's preference configs', which extend TrainingArguments)."""
+    from forgekit import perf
+    from forgekit.tracking import logger_setup
+
+    cfg = plan.config
     report_to, logging_dir = logger_setup(cfg, run_dir)
     if logging_dir:  # transformers 5 dropped TrainingArguments.logging_dir; its TensorBoard callback reads this
         os.environ["TENSORBOARD_LOGGING_DIR"] = logging_dir
-    args = TrainingArguments(
+    return dict(
         output_dir=str(publisher.staging), per_device_train_batch_size=plan.micro_batch,
         per_device_eval_batch_size=plan.eval_batch, gradient_accumulation_steps=plan.accumulation,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.num_warmup_steps,
@@ -192,11 +260,11 @@ def _trainer(plan: Any, model: Any, tokenizer: Any, train_ds: Any, valid_ds: Any
         dataloader_num_workers=0, include_num_input_tokens_seen="all" if plan.packing else "non_padding",
         save_only_model=not cfg.save_optimizer_state, ddp_find_unused_parameters=False,
     )
-    metrics_fns = {}
-    if cfg.task == "classification":
-        label_ids = tokenizer.convert_tokens_to_ids(cfg.classifier_config.label_tokens)
-        metrics_fns = m.classification_fns(label_ids, cfg.classifier_config.eval_metrics)
-    callbacks = [reporter]
+
+
+def trainer_callbacks(plan: Any, reporter: Any, rank: int, run_dir: Path) -> list:
+    """The reporter, and on rank 0 with profile_steps the PyTorch profiler's callback."""
+    cfg, callbacks = plan.config, [reporter]
     if cfg.profile_steps and rank == 0:
         from forgekit.profiling import step_profiler
 
@@ -205,10 +273,4 @@ def _trainer(plan: Any, model: Any, tokenizer: Any, train_ds: Any, valid_ds: Any
                   "nothing is profiled", flush=True)
         reporter.profiler = step_profiler(run_dir, *cfg.profile_steps, on_gpu=plan.hardware.use_gpu)
         callbacks.append(reporter.profiler)
-    trainer = m.trainer_class(cpu_autocast)(
-        model=model, args=args, data_collator=collator, processing_class=tokenizer, callbacks=callbacks,
-        train_dataset=train_ds.remove_columns([c for c in ("length",) if c in train_ds.column_names]),
-        eval_dataset=valid_ds.remove_columns(["length"]) if valid_ds is not None else None, **metrics_fns,
-    )
-    trainer.remove_callback(PrinterCallback)  # metrics.jsonl and the driver's progress bar replace it
-    return trainer
+    return callbacks

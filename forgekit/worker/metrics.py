@@ -20,37 +20,69 @@ from transformers import TrainerCallback
 from forgekit import faults
 from forgekit.worker.checkpoints import CHECKPOINTS, DIVERGED, CheckpointPublisher
 
-__all__ = ["CLASSIFICATION_EVAL_KEYS", "MetricsFile", "Reporter"]
+__all__ = ["CLASSIFICATION_EVAL_KEYS", "PREFERENCE_KEYS", "MetricsFile", "Reporter"]
 
 # what a classification evaluation reports (classifier_config.eval_metrics), as the Trainer names it
 CLASSIFICATION_EVAL_KEYS = ("eval_accuracy", "eval_f1", "eval_prauc")
+# what TRL's DPO / KTO trainers log for preference runs (evaluations: with the eval_ prefix); accuracies is the
+# share of pairs whose chosen reward beats the rejected one, margins the mean difference
+PREFERENCE_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+                   "logps/rejected", "kl")
+
+
+# seconds between two uploads of metrics.jsonl to a remote run directory (also at each evaluation, checkpoint and
+# the end): one PUT of the whole file costs 8-15 ms against a local S3 server for 100-10,000 rows (18 KiB-1.8 MiB),
+# more on a real bucket; every 10 s is at most ~1% of a step-per-second run, and the driver's progress bar polls
+# the file every 5 s anyway
+SYNC_SECONDS = float(os.environ.get("FORGEKIT_METRICS_SYNC_S", "10"))
 
 
 class MetricsFile:
-    """metrics.jsonl of a run; only rank 0 writes."""
+    """metrics.jsonl of a run; only rank 0 writes. For a run directory on object storage, rank 0 appends to a
+    node-local copy and uploads it whole (`sync`) every `SYNC_SECONDS`, at evaluations, checkpoints and the end."""
 
-    def __init__(self, run_dir: Path, rank: int) -> None:
-        self.path, self.rank = Path(run_dir) / "metrics.jsonl", rank
+    def __init__(self, run_dir: str | Path, rank: int) -> None:
+        from forgekit import storage
+        from forgekit.worker.checkpoints import node_dir
+
+        self.path, self.rank = node_dir(run_dir) / "metrics.jsonl", rank
+        self.remote = storage.join(run_dir, "metrics.jsonl") if storage.is_remote(run_dir) else None
+        self.synced = time.monotonic()
+
+    def sync(self) -> None:
+        """Upload the local copy to the remote run directory (one PUT: readers see a whole file)."""
+        from forgekit import storage
+
+        if self.rank == 0 and self.remote and self.path.exists():
+            storage.write_text(self.remote, self.path.read_text())
+            self.synced = time.monotonic()
 
     def reset(self, after_step: int | None) -> None:
         """Fresh run: start the file. Resumed run: drop lines past the checkpoint (the steps are redone)."""
         if self.rank != 0:
             return
+        from forgekit import storage
+
         kept = []
-        if after_step is not None and self.path.exists():
-            for line in self.path.read_text().splitlines():
+        source = self.remote or self.path  # a resumed run may be on another node than the one that wrote it
+        if after_step is not None and storage.exists(source):
+            for line in storage.read_text(source).splitlines():
                 with contextlib.suppress(json.JSONDecodeError):
                     row = json.loads(line)
                     if row.get("step", 0) <= after_step and row.get("kind") in ("train", "eval"):
                         kept.append(line)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("".join(f"{line}\n" for line in kept))
         os.replace(tmp, self.path)
+        self.sync()
 
     def write(self, row: dict) -> None:
         if self.rank == 0:
             with self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
+            if self.remote and (row.get("kind") != "train" or time.monotonic() - self.synced >= SYNC_SECONDS):
+                self.sync()
 
 
 class Reporter(TrainerCallback):
@@ -112,6 +144,7 @@ class Reporter(TrainerCallback):
             row = {"kind": "train", **base, "loss": logs["loss"], "learning_rate": logs.get("learning_rate"),
                    "grad_norm": logs.get("grad_norm"), "tokens": tokens, "tokens_per_second": round(tps, 2),
                    "time": time.time()}
+            row.update({k: logs[k] for k in PREFERENCE_KEYS if k in logs})
             if self.profiler is not None and state.global_step in self.profiler.steps:
                 row["profiled"] = True  # the profiler slowed this step (forgekit.profiling)
             self.metrics.write({**row, **self._gpu_fields(tps)})
@@ -129,6 +162,7 @@ class Reporter(TrainerCallback):
             row = {"kind": "eval", **base, "eval_loss": logs["eval_loss"],
                    "perplexity": math.exp(min(logs["eval_loss"], 50.0)), "time": time.time()}
             row.update({k: logs[k] for k in CLASSIFICATION_EVAL_KEYS if k in logs})
+            row.update({f"eval_{k}": logs[f"eval_{k}"] for k in PREFERENCE_KEYS if f"eval_{k}" in logs})
             self.metrics.write(row)
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -143,6 +177,7 @@ class Reporter(TrainerCallback):
             if "eval_loss" in row and row.get("step") == state.global_step:
                 metrics["eval_loss"] = row["eval_loss"]
                 break
+        self.metrics.sync()  # a resume from this checkpoint keeps the rows up to it
         self.publisher.publish(state.global_step, metrics)
 
     def finish(self, trainer: Any, *, trainable: int, total: int, precision: str, levers: dict[str, Any]) -> None:
@@ -151,7 +186,10 @@ class Reporter(TrainerCallback):
         if self.rank != 0:
             return
         if self.diverged:
-            (self.publisher.run_dir / DIVERGED).write_text(self.diverged + "\n")
+            from forgekit import storage
+
+            self.metrics.sync()
+            storage.write_text(storage.join(self.publisher.run_dir, DIVERGED), self.diverged + "\n")
             return
         state, args = trainer.state, trainer.args
         tps = self.session_tokens / self.train_time if self.train_time else None

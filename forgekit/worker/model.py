@@ -28,9 +28,9 @@ def settle_precision(precision: str) -> tuple[bool, bool, str]:
     return precision == "bf16", precision == "bf16-autocast", precision
 
 
-def trainer_class(cpu_autocast: bool) -> type:
-    """The transformers Trainer, or with `cpu_autocast` one that runs each forward pass (training and evaluation)
-    under bf16 autocast on the CPU.
+def trainer_class(cpu_autocast: bool, base: type | None = None) -> type:
+    """The transformers Trainer (or `base`, a subclass: TRL's preference trainers), or with `cpu_autocast` one that
+    runs each forward pass (training and evaluation) under bf16 autocast on the CPU.
 
     Weights, gradients and the optimizer stay fp32 (DeepSpeed, if used, trains in fp32); only the matrix
     products run in bf16, as `torch.autocast` decides. Measured: benchmarks/results/README.md (CPU).
@@ -38,10 +38,11 @@ def trainer_class(cpu_autocast: bool) -> type:
     import torch
     from transformers import Trainer
 
+    base = base or Trainer
     if not cpu_autocast:
-        return Trainer
+        return base
 
-    class CpuAutocastTrainer(Trainer):
+    class CpuAutocastTrainer(base):
         def autocast_smart_context_manager(self, cache_enabled: bool | None = True):
             return torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=cache_enabled)
 

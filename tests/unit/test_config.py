@@ -52,7 +52,7 @@ INVALID_CASES = {
     ],
     "total_and_per_device_batch.yaml": ["total_batch_size", "not both"],
     "invalid_yaml_syntax.yaml": ["invalid_yaml_syntax.yaml:6: invalid YAML"],
-    "preference_tuning.yaml": ["task: preference_tuning", "not yet supported"],
+    "preference_tuning.yaml": ["preference_tuning_config.loss_type:", "'sigmoid', 'ipo'", "(got 'dpo')"],
 }
 
 
