@@ -265,7 +265,7 @@ def test_cpu_bf16_autocast_trains_like_fp32(runs, ray_cluster, tiny_model_dir, d
     from safetensors.torch import load_file
 
     from forgekit.config import load_config
-    from forgekit.generate import cpu_has_bf16
+    from forgekit.hardware import cpu_has_bf16
     from forgekit.train import finetune
 
     if not cpu_has_bf16():
