@@ -15,6 +15,9 @@ the quantization. fp32 is also what CPU training uses; GPU workers cast to bf16 
 The fetch is atomic: everything is written into a temp dir next to the target and renamed into place at the
 end, so an interrupted fetch never leaves a directory that looks like a model. The package itself is never
 imported (it imports `llm` and `llama_cpp`); it is only located with `importlib.util.find_spec`.
+
+The Hugging Face id `HuggingFaceTB/SmolLM2-135M-Instruct` resolves to the embedded copy too, with a warning that
+names it; `FORGEKIT_EMBEDDED=0` leaves that id to the Hub (`resolve_model_path`).
 """
 
 from __future__ import annotations
@@ -184,17 +187,30 @@ def _missing_message(info: EmbeddedModel) -> str:
 
 def _remove_stale_partials(parent: Path, dir_name: str) -> None:
     """Delete temp dirs left by fetches on this host whose process is gone (killed mid-fetch)."""
-    host = socket.gethostname()
-    for leftover in parent.glob(f".{dir_name}{_PARTIAL}*"):
-        parts = leftover.name[len(f".{dir_name}{_PARTIAL}") :].split("-")
+    remove_stale_temp(parent, f".{dir_name}{_PARTIAL}")
+
+
+def temp_dir(parent: Path, prefix: str) -> Path:
+    """A new temp dir in `parent` named `<prefix><host>-<pid>-<random>`, which `remove_stale_temp` can judge."""
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{socket.gethostname()}-{os.getpid()}-", dir=parent))
+
+
+def remove_stale_temp(parent: Path, prefix: str) -> list[Path]:
+    """Delete `temp_dir`s of `prefix` in `parent` that a process of this host left when it was killed (its pid is
+    gone); the ones deleted. Another host's (a shared file system) and a live process's are left alone."""
+    host, removed = socket.gethostname(), []
+    for leftover in parent.glob(f"{prefix}*"):
+        parts = leftover.name[len(prefix) :].split("-")
         if len(parts) < 3 or "-".join(parts[:-2]) != host or not parts[-2].isdigit():
             continue  # another host's fetch on a shared file system: not ours to judge
         try:
             os.kill(int(parts[-2]), 0)
         except ProcessLookupError:
             shutil.rmtree(leftover, ignore_errors=True)
+            removed.append(leftover)
         except PermissionError:
             pass  # alive, owned by someone else
+    return removed
 
 
 def _convert(gguf_path: Path, out: Path, info: EmbeddedModel) -> int:
@@ -309,11 +325,7 @@ def fetch_model(name: str = _SMOLLM2.name, cache_dir: Path | None = None, force:
 
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(target.parent, target.name)
-    tmp = Path(
-        tempfile.mkdtemp(
-            prefix=f".{target.name}{_PARTIAL}{socket.gethostname()}-{os.getpid()}-", dir=target.parent
-        )
-    )
+    tmp = temp_dir(target.parent, f".{target.name}{_PARTIAL}")
     try:
         started = time.perf_counter()
         n_params = _convert(gguf_path, tmp, info)
@@ -330,6 +342,22 @@ def fetch_model(name: str = _SMOLLM2.name, cache_dir: Path | None = None, force:
     return target
 
 
+EMBEDDED_ENV = "FORGEKIT_EMBEDDED"  # "0": a Hugging Face id never resolves to the embedded copy
+_warned: set[str] = set()
+
+
+def _warn_embedded(model_id: str, info: EmbeddedModel, target: Path) -> None:
+    """Say once per process that a Hugging Face id is served by the embedded copy, and how to turn it off."""
+    if model_id in _warned:
+        return
+    _warned.add(model_id)
+    log.warning(
+        "forgekit: %s resolves to the embedded copy %s (dequantized from %s's %s, not the Hub's weights); "
+        "set %s=0 to load it from the Hugging Face Hub instead",
+        model_id, target, info.package, info.gguf_file, EMBEDDED_ENV,
+    )
+
+
 def resolve_model_path(model_id: str) -> str:
     """What to pass to `from_pretrained` for a config's `model_id`.
 
@@ -338,6 +366,10 @@ def resolve_model_path(model_id: str) -> str:
     same name wins, as in transformers. When the package is missing, the HF id is returned unchanged (the
     Hub can serve it where it is reachable), while the alias, which only forgekit knows, is an error. Any other
     id or path (Hub ids, local dirs, `s3://` paths) is returned unchanged; callers handle those.
+
+    The HF id resolving to the embedded copy is logged as a warning naming the copy (its weights are the
+    Q4_1 GGUF's, dequantized, not the Hub's); `FORGEKIT_EMBEDDED=0` (or `false`, `no`, `off`) turns that off:
+    the HF id is then returned unchanged, for the Hub. The alias always names the embedded copy.
 
     Args:
         model_id: a config's `model_id`.
@@ -351,7 +383,13 @@ def resolve_model_path(model_id: str) -> str:
     info = _lookup(model_id)
     if info is None or Path(model_id).is_dir():
         return model_id
+    by_hf_id = model_id.strip().lower() == info.hf_id.lower()
+    if by_hf_id and os.environ.get(EMBEDDED_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        log.info("forgekit: %s=0: %s is left to the Hugging Face Hub", EMBEDDED_ENV, model_id)
+        return model_id
     target = model_dir(info.name)
+    if by_hf_id and (is_fetched(target) or _gguf_path(info) is not None):
+        _warn_embedded(model_id, info, target)
     if is_fetched(target):
         return str(target)
     if _gguf_path(info) is None:

@@ -4,7 +4,9 @@ Every record is `{"messages": [...], "tools": [...], "metadata": {...}}` with Op
 assistant `tool_calls` (arguments as JSON text), `tool` results and natural-language answers. Kinds:
 
 * `single`: one request → one call (in train and valid, half the time followed by its result and an answer);
-* `parallel`: two or three requests in one message → that many calls in one assistant turn;
+* `parallel`: two or three requests in one message → that many calls in one assistant turn (up-weighted in
+  train and valid: `TRAIN_MIX`, `THREE_CALL_SHARE`; their requests joined by more and other joiners than the
+  test's, `TRAIN_JOINERS`);
 * `multi_turn`: request → call → result → answer, then a follow-up ("What about Oslo?", a new request, or
   thanks) → call (→ result → answer in train and valid), or just an answer;
 * `no_call`: tools are offered but none applies (general questions, small talk, or a request for a
@@ -40,16 +42,23 @@ from typing import Any
 from forgekit.convert import write_jsonl
 
 __all__ = [
+    "DEFAULT_MIX",
     "HELD_OUT_TOOLS",
     "KINDS",
     "TOOLS",
+    "TRAIN_MIX",
     "ToolDef",
     "make_conversation",
     "write_tool_calling_dataset",
 ]
 
 KINDS = ("single", "parallel", "multi_turn", "no_call")
-DEFAULT_MIX = {"single": 0.3, "parallel": 0.15, "multi_turn": 0.2, "no_call": 0.35}
+DEFAULT_MIX = {"single": 0.3, "parallel": 0.15, "multi_turn": 0.2, "no_call": 0.35}  # the test split's mix
+# Train and valid up-weight parallel calls: with DEFAULT_MIX, 135 of 900 training conversations are parallel
+# and only 18.5% of the training call turns go on after their first call, so a tuned model learns to stop
+# there (it wrote one call for 22 of the 30 parallel test requests and scored 0 of 30).
+TRAIN_MIX = {"single": 0.2, "parallel": 0.3, "multi_turn": 0.15, "no_call": 0.35}
+THREE_CALL_SHARE = {"train": 0.3, "valid": 0.3, "test": 0.15}  # parallel requests asking for three calls
 
 # ---------------------------------------------------------------------------------------------- schemas
 
@@ -837,6 +846,12 @@ FOLLOWUPS_TRAIN = 4
 JOINERS = (" Also, ", " And ", " Then ", " Plus, ", " Additionally, ", " Next, ", " Besides that, ", " In addition, ",
            " On top of that, ", " Separately, ", " Oh, and ", " After that, ")
 JOINERS_TRAIN = 10
+# Training-only joiners of the two kinds the test's joiners are ("Oh, and": an interjection before the next
+# request; "After that,": a sequencing adverb), never the test's strings themselves, so the test still
+# measures joiners never seen, but no longer joiners unlike any seen.
+TRAIN_JOINERS = (" Oh, also, ", " Oh, plus ", " Ah, and ", " Oh, one more thing: ", " Oh and also ", " Afterwards, ",
+                 " After this, ", " Once that's done, ", " Following that, ", " When that's done, ", " Later, ",
+                 " Also ", " and ", " ")
 
 # Training-only variety (train and valid; the test split is never varied). Each tool has 4-5 training
 # phrasings and 33 training tools: a small model memorises both and fails on held-out wordings and tools.
@@ -1023,7 +1038,7 @@ def make_conversation(kind: str, split: str, r: random.Random) -> dict:
         needed = [first]
         requests = [_request(first, split, r)]
         if kind == "parallel":
-            for _ in range(2 if r.random() < 0.15 else 1):
+            for _ in range(2 if r.random() < THREE_CALL_SHARE[split] else 1):
                 tool = first if r.random() < 0.4 else pick_tool(tuple(needed))
                 req = _request(tool, split, r)
                 while any(req[1] == prev[1] for prev in requests):  # two identical calls would be one call
@@ -1031,8 +1046,9 @@ def make_conversation(kind: str, split: str, r: random.Random) -> dict:
                 needed.append(tool)
                 requests.append(req)
         text = requests[0][0] if test else _vary(requests[0][0], requests[0][2], r)
+        joiners = cut(JOINERS, JOINERS_TRAIN) + (() if test else TRAIN_JOINERS)
         for _, _, joined in requests[1:]:
-            text += r.choice(cut(JOINERS, JOINERS_TRAIN)) + joined
+            text += r.choice(joiners) + joined
         c.say("user", text)
         # test conversations end at the call: the answer after a result is tested in multi-turn ones
         answers = c.call([(t, a) for t, (_, a, _) in zip(needed, requests)], with_results=not test and r.random() < 0.5)
@@ -1111,14 +1127,15 @@ def write_tool_calling_dataset(
         n_valid: validation conversations (same tools and phrasings as train, other draws).
         n_test: test conversations (held-out tools and phrasings).
         seed: the files are a function of the arguments only.
-        mix: share of each kind (`single`, `parallel`, `multi_turn`, `no_call`); default `DEFAULT_MIX`.
-            Each split gets exactly round(share * n) of each kind, shuffled.
+        mix: share of each kind (`single`, `parallel`, `multi_turn`, `no_call`) in every split; default
+            `TRAIN_MIX` for train and valid (parallel calls up-weighted) and `DEFAULT_MIX` for test (the test
+            split of a seed is the same whatever `n_train`). Each split gets exactly round(share * n) of each
+            kind, shuffled.
 
     Returns:
         {"train": path, "valid": path, "test": path}
     """
-    mix = mix or DEFAULT_MIX
-    unknown = set(mix) - set(KINDS)
+    unknown = set(mix or {}) - set(KINDS)
     if unknown:
         raise ValueError(f"mix: unknown kinds {sorted(unknown)}; expected {', '.join(KINDS)}")
     out = Path(out_dir)
@@ -1126,8 +1143,9 @@ def write_tool_calling_dataset(
     paths = {}
     for split, n in (("train", n_train), ("valid", n_valid), ("test", n_test)):
         r = random.Random(f"forgekit-toolcalling-{seed}-{split}")
-        total = sum(mix.values())
-        counts = {k: round(n * mix.get(k, 0) / total) for k in KINDS}
+        shares = mix or (DEFAULT_MIX if split == "test" else TRAIN_MIX)
+        total = sum(shares.values())
+        counts = {k: round(n * shares.get(k, 0) / total) for k in KINDS}
         counts[max(counts, key=counts.get)] += n - sum(counts.values())
         kinds = [k for k in KINDS for _ in range(counts[k])]
         r.shuffle(kinds)

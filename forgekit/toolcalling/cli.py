@@ -2,6 +2,7 @@
 
     forgekit generate CHECKPOINT conversations.jsonl -o completions.jsonl
     forgekit eval-tools CHECKPOINT test.jsonl -o report.json [--predictions turns.jsonl]
+    forgekit eval-tools CHECKPOINT questions.json --answers possible_answers.json   # benchmark layout
     forgekit tool-data synth OUT_DIR --train 1000 --valid 100 --test 200
     forgekit tool-data glaive glaiveai/glaive-function-calling-v2 OUT_DIR --valid 200 --test 300
     forgekit tool-data openai-logs logs.jsonl OUT_DIR --valid 50 --test 100
@@ -78,32 +79,48 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def format_report(report: dict, title: str = "") -> str:
-    """A few lines summarising an evaluation report: the headline turn-level exact match, conversation-level
-    exact match, no-call accuracy, per category, held-out vs seen tools, failures."""
+    """A few lines summarising an evaluation report: the headline turn-level exact match with the call-turn
+    exact match and the score of a model that never calls beside it, no-call accuracy, each separate measure
+    (seen tools, held-out tools, parallel, single, multi-turn, no-call), failures."""
     def pct(block: dict) -> str:
         if block.get("exact_match") is None:
             return "n/a"
-        return (f"{block['exact_match']:.1%} of {block['turns']} turns "
+        calls = block.get("call_turn_exact_match")
+        beside = f"; call turns {calls:.1%} of {block['call_turns']}" if calls is not None else ""
+        return (f"{block['exact_match']:.1%} of {block['turns']} turns{beside} "
                 f"(conversations {block['conversation_exact_match']:.1%} of {block['conversations']})")
 
-    no_call = report.get("no_call_accuracy")
-    no_call_text = "n/a" if no_call is None else f"{no_call:.1%}"
-    lines = [f"{title}exact match (turns) {pct(report)}; no-call accuracy {no_call_text}"]
-    lines += [f"  {c}: {pct(b)}" for c, b in report["by_category"].items()]
-    if "held_out_tools" in report:
-        lines.append(f"  held-out tools: {pct(report['held_out_tools'])}")
-        lines.append(f"  seen tools: {pct(report['seen_tools'])}")
+    def share(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.1%}"
+
+    calls = report["call_turns"]
+    lines = [f"{title}exact match (turns) {pct({k: v for k, v in report.items() if k != 'call_turn_exact_match'})}",
+             f"  call turns: {share(calls['exact_match'])} of {calls['turns']}; a model that never calls scores "
+             f"{share(report.get('never_call_score'))}; no-call accuracy {share(report.get('no_call_accuracy'))}"]
+    measures = report.get("measures") or report["by_category"]
+    lines += [f"  {m.replace('_', ' ')}: {pct(b)}" for m, b in measures.items()]
     lines.append("  failures (turns): " + ", ".join(f"{k} {v}" for k, v in report["failures"].items()))
     return "\n".join(lines)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from forgekit.toolcalling.bfcl import AST_RULE, evaluate_bfcl, is_bfcl
     from forgekit.toolcalling.evaluate import evaluate_tool_calling
 
-    report = evaluate_tool_calling(
-        args.checkpoint, args.test, limit=args.limit, max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size, num_threads=args.threads, predictions_path=args.predictions, progress=True,
-    )
+    common = {"limit": args.limit, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
+              "num_threads": args.threads, "predictions_path": args.predictions, "progress": True}
+    if is_bfcl(args.test):
+        if args.answers is None:
+            print("eval-tools: no --answers: every item is scored as needing no call (irrelevance data)",
+                  file=sys.stderr)
+        report = evaluate_bfcl(args.checkpoint, args.test, args.answers, **common)
+        print(f"benchmark layout, {AST_RULE}", file=sys.stderr)
+    elif args.answers is not None:
+        print(f"eval-tools: --answers is for question files in the benchmark layout ('question' and 'function' per "
+              f"item); {args.test} is not one", file=sys.stderr)
+        return 2
+    else:
+        report = evaluate_tool_calling(args.checkpoint, args.test, **common)
     report["checkpoint"] = str(args.checkpoint)
     report["test"] = str(args.test)
     if args.output:
@@ -150,7 +167,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval-tools", help="exact-match tool-calling evaluation: replay each test conversation turn by turn"
     )
     p.add_argument("checkpoint", help="model id, base model dir, LoRA adapter dir or full checkpoint dir")
-    p.add_argument("test", help="JSONL of tool-calling conversations (OpenAI format, with tools)")
+    p.add_argument("test", help="JSONL of tool-calling conversations (OpenAI format, with tools), or a question "
+                   "file in the function-calling benchmark layout ('question' turns and 'function' schemas per item)")
+    p.add_argument("--answers", help="the benchmark layout's answer file (per item and argument, the acceptable "
+                   "values); scored by the AST rule (forgekit.toolcalling.bfcl); without it every item expects no call")
     p.add_argument("-o", "--output", help="write the report (JSON) here")
     p.add_argument("--predictions", help="write every scored turn (JSONL) here")
     p.add_argument("--limit", type=int, help="evaluate only the first N conversations")

@@ -11,17 +11,23 @@ real tool results included, never its own earlier mistakes), the tool calls are 
 
 Each turn may generate what it needs and no more: the gold calls' length plus slack for call turns
 (`turn_budgets`), and a generation that has not started a call within its first 32 tokens is a text answer
-(`no_call_started`), so models that answer at length (base models do) are not decoded to the limit.
+(`no_call_started`), so models that answer at length (base models do) are not decoded to the limit. Text
+turns get the full `max_new_tokens`: a text answer still stops after 32 tokens, but a call started there is
+written out, so the predictions show what was called.
 
-Each failure gets one outcome: `malformed_call` (it tried to call but the call cannot be parsed),
-`wrong_function`, `wrong_arguments`, `missed_call` or `spurious_call`.
+Each failure gets one outcome: `malformed_call` (a call turn whose call cannot be parsed), `wrong_function`,
+`wrong_arguments`, `missed_call` or `spurious_call` (a text turn where the model calls, or starts a call that
+cannot be parsed: it still chose to call).
 
 The headline, `exact_match`, is **turn-level**: the share of assistant turns scored correct (the measure of
 LLMForge's function-calling example). `conversation_exact_match` (every turn of a conversation right) is
 stricter and reported beside it, and `no_call_accuracy` is the share of turns of `no_call` conversations
-(no offered tool applies) where the model rightly did not call. Both measures are given per category
-(`single`, `parallel`, `multi_turn`, `no_call`: see `conversation_category`), for call and text turns, and,
-for forgekit's synthetic test split, for held-out vs seen tools (`summarise`).
+(no offered tool applies) where the model rightly did not call. Beside the headline always stands
+`call_turn_exact_match` (the turns whose gold answer calls tools) and `never_call_score`, the headline a model
+that never calls would get (the share of text turns: 0.44 on forgekit's synthetic test split). `measures`
+holds the separate measures (`MEASURES`): seen tools in new requests and held-out tools (forgekit's synthetic
+test split, from `metadata.held_out`), parallel, single and multi-turn conversations, and no-call; each with
+its turn-level, call-turn and conversation-level exact match (`summarise`).
 
 Works on any JSONL in the OpenAI tool-calling format (`messages` + `tools`), not only the generated one.
 """
@@ -40,6 +46,7 @@ from forgekit.toolcalling.render import call_arguments, format_calls, parse_tool
 __all__ = [
     "CATEGORIES",
     "HEADLINE",
+    "MEASURES",
     "OUTCOMES",
     "Turn",
     "conversation_category",
@@ -53,6 +60,7 @@ __all__ = [
 ]
 
 CATEGORIES = ("single", "parallel", "multi_turn", "no_call")
+MEASURES = ("seen_tools", "held_out_tools", "parallel", "single", "multi_turn", "no_call")
 OUTCOMES = ("correct", "malformed_call", "wrong_function", "wrong_arguments", "missed_call", "spurious_call")
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 
@@ -138,10 +146,10 @@ def score_turn(gold_calls: list[dict] | None, text: str) -> tuple[str, list[dict
         `(outcome, predicted_calls, parse_error)`; outcome is one of `OUTCOMES`.
     """
     calls, error = parse_tool_calls(text)
+    if gold_calls is None:  # any attempt to call, readable or not, is the wrong decision
+        return ("spurious_call" if calls or error else "correct"), calls, error
     if error:
         return "malformed_call", None, error
-    if gold_calls is None:
-        return ("spurious_call" if calls else "correct"), calls, None
     if not calls:
         return "missed_call", None, None
     if Counter(c["name"] for c in calls) != Counter(c["name"] for c in gold_calls):
@@ -158,55 +166,76 @@ HEADLINE = (
 )
 
 
+def _share(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
 def _accuracy(rows: list[dict]) -> dict[str, Any]:
-    """Turn-level exact match (the headline) and conversation-level exact match over `rows`."""
+    """Turn-level exact match (the headline), call-turn exact match and conversation-level exact match."""
     by_conv: dict[int, bool] = {}
     for r in rows:
         by_conv[r["conversation"]] = by_conv.get(r["conversation"], True) and r["outcome"] == "correct"
-    n, right = len(rows), sum(r["outcome"] == "correct" for r in rows)
+    calls = [r for r in rows if r["gold_calls"]]
     return {
-        "turns": n,
-        "exact_match": round(right / n, 4) if n else None,
+        "turns": len(rows),
+        "exact_match": _share(sum(r["outcome"] == "correct" for r in rows), len(rows)),
+        "call_turns": len(calls),
+        "call_turn_exact_match": _share(sum(r["outcome"] == "correct" for r in calls), len(calls)),
         "conversations": len(by_conv),
-        "conversation_exact_match": round(sum(by_conv.values()) / len(by_conv), 4) if by_conv else None,
+        "conversation_exact_match": _share(sum(by_conv.values()), len(by_conv)),
     }
 
 
 def summarise(rows: list[dict]) -> dict[str, Any]:
     """Exact match overall, per category, per turn type and for held-out tools, and failure counts.
 
-    The headline `exact_match` is turn-level: the share of assistant turns scored correct. A conversation
-    counts in `conversation_exact_match` only when every one of its turns is right. `call_turns` /
-    `text_turns` split the turns by what the gold answer does; `no_call_accuracy` is the exact match of the
-    turns of `no_call` conversations (no offered tool applies: the model must answer, not call).
+    The headline `exact_match` is turn-level: the share of assistant turns scored correct; beside it,
+    `call_turn_exact_match` (turns whose gold answer calls tools) and `never_call_score` (the headline of a
+    model that never calls: the share of text turns). A conversation counts in `conversation_exact_match`
+    only when every one of its turns is right. `call_turns` / `text_turns` split the turns by what the gold
+    answer does; `no_call_accuracy` is the exact match of the turns of `no_call` conversations (no offered
+    tool applies: the model must answer, not call). `measures` holds the separate measures of `MEASURES`:
+    `seen_tools` (the training tools in new requests: conversations that call no held-out tool, no-call ones
+    excluded) and `held_out_tools` (conversations that call a held-out tool) where rows carry `held_out`,
+    then the categories.
 
     Args:
         rows: scored turns (`conversation`, `category`, `gold_calls`, `outcome`, `held_out`), as
             `evaluate_tool_calling` writes them.
     """
     by_category = {c: _accuracy([r for r in rows if r["category"] == c]) for c in CATEGORIES}
+    overall = _accuracy(rows)
+    text_turns = [r for r in rows if not r["gold_calls"]]
     report: dict[str, Any] = {
         "headline": HEADLINE,
-        **_accuracy(rows),
+        **{k: v for k, v in overall.items() if k != "call_turns"},
+        "never_call_score": _share(len(text_turns), len(rows)),
         "no_call_accuracy": by_category["no_call"]["exact_match"],
         "by_category": by_category,
         "call_turns": _accuracy([r for r in rows if r["gold_calls"]]),
-        "text_turns": _accuracy([r for r in rows if not r["gold_calls"]]),
+        "text_turns": _accuracy(text_turns),
         "failures": {o: sum(r["outcome"] == o for r in rows) for o in OUTCOMES[1:]},
     }
+    measures: dict[str, dict] = {}
     if any(r.get("held_out") is not None for r in rows):
-        report["held_out_tools"] = _accuracy([r for r in rows if r.get("held_out")])
-        report["seen_tools"] = _accuracy([r for r in rows if r.get("held_out") is False and r["category"] != "no_call"])
+        report["seen_tools"] = measures["seen_tools"] = _accuracy(
+            [r for r in rows if r.get("held_out") is False and r["category"] != "no_call"])
+        report["held_out_tools"] = measures["held_out_tools"] = _accuracy([r for r in rows if r.get("held_out")])
+    measures.update(by_category)
+    report["measures"] = {m: measures[m] for m in MEASURES if m in measures}
     return report
 
 
 def turn_budgets(turns: list[Turn], tokenizer: Any, max_new_tokens: int = 192, call_slack_tokens: int = 24) -> list[int]:
     """New-token budget per turn: the gold calls' length in forgekit's format plus slack for call turns (a
-    longer generation cannot be an exact match), `CALL_START_TOKENS` for text turns, at most `max_new_tokens`."""
+    longer generation cannot be an exact match), at most `max_new_tokens`; text turns get `max_new_tokens`:
+    `no_call_started` ends a text answer after `CALL_START_TOKENS`, and a call started there is written out
+    to be scored as the `spurious_call` it is (with a budget of `CALL_START_TOKENS` it was cut off and read as
+    malformed)."""
     out = []
     for t in turns:
         if t.gold_calls is None:
-            out.append(min(CALL_START_TOKENS, max_new_tokens))
+            out.append(max_new_tokens)
         else:
             n = len(tokenizer(format_calls(t.gold_calls), add_special_tokens=False)["input_ids"])
             out.append(min(n + call_slack_tokens, max_new_tokens))

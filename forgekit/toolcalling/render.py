@@ -13,9 +13,12 @@ whenever the template cannot render `tools=` itself):
       search_flights(origin: string, date: string /* YYYY-MM-DD */, cabin?: "economy" | "business") - Find flights
       [/TOOL_LIST]
 
-  `?` marks an optional parameter; types are JSON-schema names (`string`, `integer`, `number`, `boolean`),
-  `"a" | "b"` an enum, `T[]` an array, `{key: T}` an object; descriptions, defaults and formats go in
-  `/* ... */` (see `tool_signature`);
+  `?` marks an optional parameter (`optional_style="labelled"` writes `cabin (optional): ...` instead, which
+  a small model may read more easily: a choice of the renderer, not yet of the training config); types are
+  JSON-schema names (`string`, `integer`, `number`, `boolean`), `"a" | "b"` an enum, `T[]` an array,
+  `{key: T}` an object; descriptions, defaults and formats go in `/* ... */` (see `tool_signature`). Each
+  tool stays on one line whatever its texts hold (line breaks become spaces, a `*/` in a description is
+  written `* /`), and names are written as given, dots included (`math.factorial`);
 * an assistant turn that calls tools becomes an assistant message (so it is a trained span), its text (if
   any) followed by ``[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}}]``;
 * `tool` results become a user message (so they are never trained: the model must not learn to invent
@@ -31,12 +34,13 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Literal
 
 __all__ = [
     "CALLS_TAG",
     "LIST_CLOSE",
     "LIST_OPEN",
+    "OPTIONAL_STYLES",
     "RESULT_CLOSE",
     "RESULT_OPEN",
     "TOOL_INSTRUCTION",
@@ -54,6 +58,8 @@ __all__ = [
 CALLS_TAG = "[TOOL_CALLS]"
 LIST_OPEN, LIST_CLOSE = "[TOOL_LIST]", "[/TOOL_LIST]"
 RESULT_OPEN, RESULT_CLOSE = "[TOOL_RESULT]", "[/TOOL_RESULT]"
+OPTIONAL_STYLES = ("?", "labelled")
+OptionalStyle = Literal["?", "labelled"]
 TOOL_INSTRUCTION = (
     f'To call tools, reply {CALLS_TAG} [{{"name": ..., "arguments": {{...}}}}]; if none fits, answer in text.'
 )
@@ -87,7 +93,7 @@ def call_arguments(call: dict) -> dict:
     return args
 
 
-def _type(schema: Any) -> str:
+def _type(schema: Any, style: OptionalStyle = "?") -> str:
     """A JSON schema as a TypeScript-like type."""
     if not isinstance(schema, dict):
         return "any"
@@ -95,40 +101,59 @@ def _type(schema: Any) -> str:
         return " | ".join(_dumps(v) for v in schema["enum"])
     for key in ("anyOf", "oneOf"):
         if key in schema:
-            return " | ".join(_type(s) for s in schema[key])
+            return " | ".join(_type(s, style) for s in schema[key])
     kind = schema.get("type")
     if isinstance(kind, list):
-        return " | ".join(_type({**schema, "type": k}) for k in kind)
+        return " | ".join(_type({**schema, "type": k}, style) for k in kind)
     if kind == "array":
-        item = _type(schema.get("items"))
+        item = _type(schema.get("items"), style)
         return f"({item})[]" if " | " in item else f"{item}[]"
     if kind == "object" and schema.get("properties"):
-        return "{" + _fields(schema) + "}"
+        return "{" + _fields(schema, style) + "}"
     return kind if isinstance(kind, str) else "any"
+
+
+def _one_line(text: str) -> str:
+    """`text` on one line, safe inside `/* ... */`."""
+    return " ".join(text.split()).replace("*/", "* /")
 
 
 def _note(schema: Any) -> str:
     if not isinstance(schema, dict):
         return ""
-    parts = [schema["description"].strip()] if schema.get("description") else []
+    parts = [_one_line(schema["description"])] if isinstance(schema.get("description"), str) else []
     parts += [f"{k}: {_dumps(schema[k])}" for k in ("format", "default", "minimum", "maximum") if k in schema]
+    parts = [p for p in parts if p]
     return f" /* {'; '.join(parts)} */" if parts else ""
 
 
-def _fields(schema: dict) -> str:
+def _fields(schema: dict, style: OptionalStyle = "?") -> str:
     required = set(schema.get("required") or [])
+
+    def name_of(name: str) -> str:
+        if name in required:
+            return name
+        return f"{name}?" if style == "?" else f"{name} (optional)"
+
     return ", ".join(
-        f"{name}{'' if name in required else '?'}: {_type(sub)}{_note(sub)}"
-        for name, sub in (schema.get("properties") or {}).items()
+        f"{name_of(name)}: {_type(sub, style)}{_note(sub)}" for name, sub in (schema.get("properties") or {}).items()
     )
 
 
-def tool_signature(tool: dict) -> str:
-    """One line describing a tool: `name(param: type, optional?: type) - description`."""
+def tool_signature(tool: dict, optional_style: OptionalStyle = "?") -> str:
+    """One line describing a tool: `name(param: type, optional?: type) - description`.
+
+    Args:
+        tool: an OpenAI tool or bare function spec; its name is written as given (dots included).
+        optional_style: how optional parameters are marked: `"?"` (`cabin?: T`, the format forgekit trains
+            with) or `"labelled"` (`cabin (optional): T`).
+    """
+    if optional_style not in OPTIONAL_STYLES:
+        raise ValueError(f"optional_style: {optional_style!r}; expected one of {', '.join(OPTIONAL_STYLES)}")
     spec = function_spec(tool)
     params = spec.get("parameters") or {}
-    line = f"{spec['name']}({_fields(params) if isinstance(params, dict) else ''})"
-    desc = (spec.get("description") or "").strip().replace("\n", " ")
+    line = f"{spec['name']}({_fields(params, optional_style) if isinstance(params, dict) else ''})"
+    desc = _one_line(spec.get("description") or "")
     return f"{line} - {desc}" if desc else line
 
 
@@ -152,13 +177,16 @@ def _result_payload(content: Any) -> Any:
     return content
 
 
-def flatten_tool_messages(messages: list[dict], tools: list | None) -> list[dict]:
+def flatten_tool_messages(
+    messages: list[dict], tools: list | None, optional_style: OptionalStyle = "?"
+) -> list[dict]:
     """Rewrite a tool conversation as plain system/user/assistant messages in forgekit's tagged format.
 
     Args:
         messages: OpenAI-format messages; assistant messages may carry `tool_calls`, `tool` messages the
             results (matched to their call by `tool_call_id`, else by position).
         tools: OpenAI function specs offered in the conversation (None or empty: no tool list is written).
+        optional_style: how the tool list marks optional parameters (see `tool_signature`).
 
     Returns:
         New messages (the input is not modified) with only `system`, `user` and `assistant` roles.
@@ -167,7 +195,7 @@ def flatten_tool_messages(messages: list[dict], tools: list | None) -> list[dict
     rest = list(messages)
     system = rest.pop(0)["content"] if rest and rest[0].get("role") == "system" else None
     if tools:
-        listing = "\n".join(tool_signature(t) for t in tools)
+        listing = "\n".join(tool_signature(t, optional_style) for t in tools)
         tool_text = f"{TOOL_INSTRUCTION}\n{LIST_OPEN}\n{listing}\n{LIST_CLOSE}"
         system = f"{system}\n\n{tool_text}" if system else tool_text
     if system is not None:

@@ -10,25 +10,27 @@ import json
 from pathlib import Path
 from typing import Any
 
-from forgekit.toolcalling.evaluate import CATEGORIES
+from forgekit.toolcalling.evaluate import CATEGORIES, MEASURES
 
 __all__ = ["comparison_rows", "comparison_table", "plot_comparison", "side_by_side", "write_results"]
 
-_COLUMNS = ("exact match", *CATEGORIES, "held-out tools", "seen tools", "call turns", "text turns", "conversations")
-_PLOTTED = ("exact match", *CATEGORIES, "held-out tools", "seen tools", "conversations")
+_LABELS = {"seen_tools": "seen tools", "held_out_tools": "held-out tools", "multi_turn": "multi-turn",
+           "no_call": "no-call"}
+_COLUMNS = ("exact match", "call turns", *(_LABELS.get(m, m) for m in MEASURES), "text turns", "conversations")
+_PLOTTED = tuple(c for c in _COLUMNS if c != "text turns")
 
 
 def comparison_rows(reports: dict[str, dict]) -> dict[str, dict[str, float | None]]:
-    """{model: {column: accuracy}}: the headline turn-level exact match, then turn-level exact match per
-    category (`no_call` is the no-call accuracy), for held-out / seen tools and for call / text turns, and
-    last the stricter conversation-level exact match (`conversations`)."""
+    """{model: {column: accuracy}}: the headline turn-level exact match and beside it the call-turn exact
+    match, then the separate measures (`evaluate.MEASURES`: seen tools in new requests, held-out tools,
+    parallel, single, multi-turn, no-call; turn-level), the text turns, and last the stricter
+    conversation-level exact match (`conversations`). A measure the report lacks (held-out tools on a test
+    file without `metadata.held_out`) is None."""
     out = {}
     for name, rep in reports.items():
-        row: dict[str, float | None] = {"exact match": rep["exact_match"]}
-        row.update({c: rep["by_category"][c]["exact_match"] for c in CATEGORIES})
-        row["held-out tools"] = rep.get("held_out_tools", {}).get("exact_match")
-        row["seen tools"] = rep.get("seen_tools", {}).get("exact_match")
-        row["call turns"] = rep["call_turns"]["exact_match"]
+        measures = rep.get("measures") or {c: rep["by_category"][c] for c in CATEGORIES}
+        row: dict[str, float | None] = {"exact match": rep["exact_match"], "call turns": rep["call_turns"]["exact_match"]}
+        row.update({_LABELS.get(m, m): (measures.get(m) or {}).get("exact_match") for m in MEASURES})
         row["text turns"] = rep["text_turns"]["exact_match"]
         row["conversations"] = rep["conversation_exact_match"]
         out[name] = row
@@ -37,21 +39,26 @@ def comparison_rows(reports: dict[str, dict]) -> dict[str, dict[str, float | Non
 
 def comparison_table(reports: dict[str, dict]) -> str:
     """A Markdown table, one row per model: the `comparison_rows` columns (turn-level exact match unless the
-    column says `conversations`), then failure counts (turns)."""
+    column says `call turns` or `conversations`), the score of a model that never calls, then failure counts
+    (turns)."""
     rows = comparison_rows(reports)
     failures = list(next(iter(reports.values()))["failures"])
     head = ["model", *_COLUMNS, *failures]
+    never = next(iter(reports.values())).get("never_call_score")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in rows.items():
         cells = ["—" if row[c] is None else f"{row[c]:.3f}" for c in _COLUMNS]
         cells += [str(reports[name]["failures"][f]) for f in failures]
         lines.append("| " + " | ".join([name, *cells]) + " |")
+    if never is not None:
+        lines.append(f"\nA model that never calls a tool scores {never:.3f} exact match (the share of text turns).")
     return "\n".join(lines)
 
 
 def plot_comparison(reports: dict[str, dict], path: str | Path, title: str = "Tool-calling exact match") -> Path:
-    """Grouped bars, one per model: turn-level exact match overall, per category and for held-out / seen
-    tools, and conversation-level exact match; saved as a PNG at `path`."""
+    """Grouped bars, one per model: turn-level exact match overall (with the score of a model that never calls
+    marked), call-turn exact match, the separate measures, and conversation-level exact match; saved as a PNG
+    at `path`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,15 +67,20 @@ def plot_comparison(reports: dict[str, dict], path: str | Path, title: str = "To
     rows = comparison_rows(reports)
     columns = list(_PLOTTED)
     width = 0.8 / len(rows)
-    fig, ax = plt.subplots(figsize=(10, 4))
+    fig, ax = plt.subplots(figsize=(11, 4))
     for k, (name, row) in enumerate(rows.items()):
         xs = [i + (k - (len(rows) - 1) / 2) * width for i in range(len(columns))]
         values = [row[c] or 0.0 for c in columns]
         bars = ax.bar(xs, values, width, label=name)
         ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=8, padding=2)
     n = next(iter(reports.values()))
-    labels = ["exact match\n(all turns)", *(c.replace("_", "-") for c in columns[1:-1]), "whole\nconversations"]
-    ax.set_xticks(range(len(columns)), labels)
+    if n.get("never_call_score") is not None:
+        ax.hlines(n["never_call_score"], -0.45, 0.45, colors="black", linestyles="--", linewidth=1)
+        ax.annotate("never calls", (0.45, n["never_call_score"]), fontsize=7, va="center", xytext=(2, 0),
+                    textcoords="offset points")
+    labels = ["exact match\n(all turns)", "call\nturns", *(c.replace(" ", "\n", 1) for c in columns[2:-1]),
+              "whole\nconversations"]
+    ax.set_xticks(range(len(columns)), labels, fontsize=8)
     ax.axvline(len(columns) - 1.5, color="grey", linewidth=0.8, linestyle=":")
     ax.set_ylim(0, 1.12)
     ax.set_ylabel("exact match")

@@ -38,6 +38,9 @@ def test_notebook_end_to_end_with_tiny_model(tiny_model_dir, tmp_path):
         assert report["conversations"] == 4 and report["turns"] >= 4
         assert report["settings"]["device"] == "cpu" and report["settings"]["num_threads"] == 1
         assert set(report["by_category"]) == {"single", "parallel", "multi_turn", "no_call"}
+        assert list(report["measures"]) == [
+            "seen_tools", "held_out_tools", "parallel", "single", "multi_turn", "no_call"]  # synthetic test split
+        assert "call_turn_exact_match" in report and 0 < report["never_call_score"] < 1
         correct = round(report["exact_match"] * report["turns"])  # the headline is turn-level
         assert correct + sum(report["failures"].values()) == report["turns"]
     assert results["training"]["steps"] == 2

@@ -209,3 +209,34 @@ def test_schema_requests_name_every_argument_and_are_off_by_default(tmp_path, mo
     users = [m["content"] for line in on["train"].read_text().splitlines()
              for m in json.loads(line)["messages"] if m["role"] == "user"]
     assert any(": " in u and re.search(r"[;,] [a-z ]+ \S", u) for u in users)
+
+
+# sha256 of test.jsonl for n_test=200, seed=0: the split every published result of the example is measured on.
+# Training-side changes to the generator must leave it byte-identical (whatever n_train is).
+TEST_SPLIT_SHA256 = "19579e7f179753fe2a8bc1525c697984862864c54876b9adb456e0eb5c656447"
+
+
+def test_the_example_test_split_is_unchanged(tmp_path):
+    import hashlib
+
+    paths = write_tool_calling_dataset(tmp_path, n_train=3, n_valid=2, n_test=200, seed=0)
+    assert hashlib.sha256(paths["test"].read_bytes()).hexdigest() == TEST_SPLIT_SHA256
+
+
+def test_training_up_weights_parallel_calls_with_more_joiners(dataset):
+    def parallel(rows):
+        return [r for r in rows if r["metadata"]["kind"] == "parallel"]
+
+    assert len(parallel(dataset["train"])) == round(300 * datagen.TRAIN_MIX["parallel"]) == 90
+    assert len(parallel(dataset["test"])) == round(200 * datagen.DEFAULT_MIX["parallel"])
+    three = sum(len(next(m["tool_calls"] for m in r["messages"] if m.get("tool_calls"))) == 3
+                for r in parallel(dataset["train"]))
+    assert 0.15 < three / 90 < 0.45  # THREE_CALL_SHARE["train"] = 0.3
+    users = [r["messages"][0 if r["messages"][0]["role"] == "user" else 1]["content"] for r in parallel(dataset["train"])]
+    assert sum(any(j in u for j in datagen.TRAIN_JOINERS if j.strip()) for u in users) > len(users) / 3
+    test_joiners = datagen.JOINERS[datagen.JOINERS_TRAIN:]
+    assert not set(test_joiners) & set(datagen.TRAIN_JOINERS)  # the test's joiners stay unseen in training
+    assert not any(j in u for j in test_joiners for u in users)
+    # ... but their words are not: each test joiner shares its words with some training joiner
+    words = {w for j in datagen.TRAIN_JOINERS for w in re.findall(r"[a-z]+", j.lower())}
+    assert all(set(re.findall(r"[a-z]+", j.lower())) <= words for j in test_joiners)

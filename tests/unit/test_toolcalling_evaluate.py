@@ -7,6 +7,8 @@ import json
 import pytest
 
 from forgekit.toolcalling.evaluate import (
+    CALL_START_TOKENS,
+    MEASURES,
     conversation_category,
     evaluate_tool_calling,
     no_call_started,
@@ -14,6 +16,7 @@ from forgekit.toolcalling.evaluate import (
     replay_turns,
     score_turn,
     summarise,
+    turn_budgets,
 )
 from forgekit.toolcalling.render import format_calls
 
@@ -102,7 +105,11 @@ def test_summarise_counts():
     assert report["call_turns"]["exact_match"] == pytest.approx(2 / 3, abs=1e-4)
     assert report["text_turns"]["exact_match"] == 0.5
     assert report["by_category"]["no_call"] == {
-        "turns": 1, "exact_match": 0.0, "conversations": 1, "conversation_exact_match": 0.0}
+        "turns": 1, "exact_match": 0.0, "call_turns": 0, "call_turn_exact_match": None, "conversations": 1,
+        "conversation_exact_match": 0.0}
+    # beside the headline: call turns (2 of 3 right) and what a model that never calls scores (2 text turns of 5)
+    assert report["call_turn_exact_match"] == pytest.approx(2 / 3, abs=1e-4)
+    assert report["never_call_score"] == 0.4
     assert report["no_call_accuracy"] == 0.0  # the spurious call on "Hi"
     multi = report["by_category"]["multi_turn"]
     assert multi["exact_match"] == pytest.approx(2 / 3, abs=1e-4) and multi["conversation_exact_match"] == 0.0
@@ -110,6 +117,48 @@ def test_summarise_counts():
     assert report["failures"] == {"malformed_call": 0, "wrong_function": 0, "wrong_arguments": 1,
                                   "missed_call": 0, "spurious_call": 1}
     assert report["held_out_tools"]["turns"] == 3 and report["seen_tools"]["conversations"] == 0
+    assert list(report["measures"]) == list(MEASURES)
+    assert report["measures"]["held_out_tools"]["call_turn_exact_match"] == 0.5  # MULTI: 1 of its 2 calls
+    assert report["measures"]["parallel"] == report["by_category"]["parallel"]
+
+
+def test_measures_split_seen_and_held_out_tools():
+    rows = [
+        {"conversation": 0, "category": "single", "gold_calls": [{}], "held_out": False, "outcome": "correct"},
+        {"conversation": 1, "category": "parallel", "gold_calls": [{}, {}], "held_out": True, "outcome": "missed_call"},
+        {"conversation": 2, "category": "no_call", "gold_calls": None, "held_out": False, "outcome": "correct"},
+        {"conversation": 3, "category": "parallel", "gold_calls": [{}, {}], "held_out": False,
+         "outcome": "wrong_arguments"},
+    ]
+    m = summarise(rows)["measures"]
+    assert (m["seen_tools"]["turns"], m["seen_tools"]["exact_match"]) == (2, 0.5)  # no-call turns are not "seen tools"
+    assert (m["held_out_tools"]["turns"], m["held_out_tools"]["exact_match"]) == (1, 0.0)
+    assert (m["parallel"]["turns"], m["parallel"]["exact_match"]) == (2, 0.0)
+    assert m["no_call"]["exact_match"] == 1.0 and m["single"]["exact_match"] == 1.0
+    # without held-out metadata (any other test file) only the categories are measured
+    plain = summarise([{**r, "held_out": None} for r in rows])
+    assert list(plain["measures"]) == ["parallel", "single", "multi_turn", "no_call"]
+    assert "held_out_tools" not in plain
+
+
+def test_spurious_call_on_a_text_turn_is_counted_as_such():
+    # a call started in a text turn is the wrong decision whether or not it can be parsed
+    outcome, calls, error = score_turn(None, '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Os')
+    assert outcome == "spurious_call" and calls is None and error
+    assert score_turn(None, '{"name": "get_weather", "arguments": {}}')[0] == "spurious_call"
+    assert score_turn(None, "[1, 2] are the numbers.")[0] == "correct"  # JSON-looking text is not a call
+
+
+def test_text_turns_get_a_budget_that_shows_a_started_call(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    turns = replay_turns([MULTI, NO_CALL, PARALLEL])
+    budgets = turn_budgets(turns, tok, max_new_tokens=160, call_slack_tokens=8)
+    text = [b for t, b in zip(turns, budgets) if t.gold_calls is None]
+    calls = [b for t, b in zip(turns, budgets) if t.gold_calls is not None]
+    assert text == [160, 160]  # ended by no_call_started after CALL_START_TOKENS unless a call has started
+    assert CALL_START_TOKENS < 160 and all(b < 160 for b in calls)  # gold length + slack
 
 
 def test_evaluate_end_to_end_with_tiny_model(tiny_model_dir, tmp_path):

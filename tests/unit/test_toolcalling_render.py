@@ -173,3 +173,48 @@ def test_to_openai_tool_calls_round_trip():
     assert parse_tool_calls(flatten_tool_messages(
         [{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": to_openai_tool_calls(calls)}], None
     )[1]["content"]) == (calls, None)
+
+
+DOTTED = [{"type": "function", "function": {
+    "name": "math.factorial", "description": "Factorial of a number.\nReturns n! (an integer).",
+    "parameters": {"type": "object", "properties": {
+        "number": {"type": "integer", "description": "The number.\n  Must be >= 0 */ not a comment end"},
+        "exact": {"type": "boolean"}}, "required": ["number"]}}},
+    {"type": "function", "function": {"name": "weather.get_forecast", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+
+
+def test_dotted_tool_names_survive_the_tool_list_and_the_call(tokenizer):
+    from forgekit.toolcalling.evaluate import score_turn
+
+    line = tool_signature(DOTTED[0])
+    assert line.startswith("math.factorial(number: integer /* The number. Must be >= 0 * / not a comment end */, ")
+    assert line.endswith(" - Factorial of a number. Returns n! (an integer).") and "\n" not in line
+    convo = [{"role": "user", "content": "5! and the forecast for Oslo?"},
+             {"role": "assistant", "content": None, "tool_calls": [
+                 _call("a", "math.factorial", {"number": 5}), _call("b", "weather.get_forecast", {"city": "Oslo"})]}]
+    text = render(convo, tokenizer, None, tools=DOTTED).text
+    listing = text.split("[TOOL_LIST]\n", 1)[1].split("\n[/TOOL_LIST]", 1)[0].splitlines()
+    assert [entry.split("(", 1)[0] for entry in listing] == ["math.factorial", "weather.get_forecast"]  # one line each
+    answer = text.rsplit("<|im_start|>assistant\n", 1)[1].removesuffix("\n").removesuffix("<|im_end|>")
+    calls, error = parse_tool_calls(answer)
+    assert error is None and [c["name"] for c in calls] == ["math.factorial", "weather.get_forecast"]
+    gold = [{"name": "weather.get_forecast", "arguments": {"city": "Oslo"}}, {"name": "math.factorial",
+                                                                              "arguments": {"number": 5}}]
+    assert score_turn(gold, answer)[0] == "correct"
+    assert score_turn([{"name": "math", "arguments": {"number": 5}}], answer)[0] == "wrong_function"
+
+
+def test_labelled_optional_style():
+    default = tool_signature(DOTTED[0])
+    labelled = tool_signature(DOTTED[0], optional_style="labelled")
+    assert ", exact?: boolean)" in default and "(optional)" not in default
+    assert ", exact (optional): boolean)" in labelled and "?" not in labelled.split(" - ")[0]
+    nested = {"name": "ship", "parameters": {"type": "object", "required": ["to"], "properties": {
+        "to": {"type": "object", "required": ["city"], "properties": {"city": {"type": "string"},
+                                                                       "zip": {"type": "string"}}}}}}
+    assert tool_signature(nested, "labelled") == "ship(to: {city: string, zip (optional): string})"
+    flat = flatten_tool_messages([{"role": "user", "content": "hi"}], DOTTED, optional_style="labelled")
+    assert "exact (optional): boolean" in flat[0]["content"]
+    with pytest.raises(ValueError, match="optional_style"):
+        tool_signature(DOTTED[0], optional_style="bold")

@@ -49,15 +49,19 @@ def test_rows_table_and_summary_lead_with_turn_level_exact_match():
     rows = comparison_rows({"base": base, "tuned": tuned})
     assert rows["base"]["exact match"] == 0.5 and rows["tuned"]["exact match"] == 0.75  # turns
     assert rows["base"]["conversations"] == 0.5 and rows["tuned"]["conversations"] == 0.5  # whole conversations
-    assert rows["tuned"]["multi_turn"] == pytest.approx(2 / 3, abs=1e-4) and rows["tuned"]["no_call"] == 1.0
+    assert rows["tuned"]["multi-turn"] == pytest.approx(2 / 3, abs=1e-4) and rows["tuned"]["no-call"] == 1.0
     assert rows["tuned"]["call turns"] == 0.5 and rows["base"]["call turns"] == 0.0
     assert rows["tuned"]["held-out tools"] is None and rows["tuned"]["seen tools"] == pytest.approx(2 / 3, abs=1e-4)
+    assert list(rows["tuned"])[:4] == ["exact match", "call turns", "seen tools", "held-out tools"]
     table = comparison_table({"base": base, "tuned": tuned}).splitlines()
-    assert table[0].startswith("| model | exact match |") and len(table) == 4
-    assert table[3].startswith("| tuned | 0.750 |") and "| — |" in table[3]  # no held-out conversation
+    assert table[0].startswith("| model | exact match | call turns | seen tools |") and len(table) == 6
+    assert table[3].startswith("| tuned | 0.750 | 0.500 |") and "| — |" in table[3]  # no held-out conversation
+    assert "never calls a tool scores 0.500" in table[5]  # 2 text turns of 4
     summary = format_report(tuned, "tuned: ")
     assert summary.startswith("tuned: exact match (turns) 75.0% of 4 turns (conversations 50.0% of 2)")
+    assert "call turns: 50.0% of 2; a model that never calls scores 50.0%" in summary
     assert "no-call accuracy 100.0%" in summary and "wrong_arguments 1" in summary
+    assert "  seen tools: 66.7% of 3 turns; call turns 50.0% of 2" in summary
 
 
 def test_plot_results_json_and_side_by_side(tmp_path):
