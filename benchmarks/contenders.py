@@ -9,11 +9,15 @@ Contenders:
 
 - ``hf``: plain transformers ``Trainer`` + peft, the usual recipe: batches padded to the longest example,
   SDPA, gradient checkpointing on every layer, bf16, fused AdamW.
-- ``trl``: TRL ``SFTTrainer`` with best-fit-decreasing packing (padding-free rows of ``max_length``).
+- ``trl``: TRL ``SFTTrainer`` with best-fit-decreasing packing (padding-free rows of ``max_length``); options
+  ``ckpt`` (1), ``batch`` (2), ``liger`` (0), ``attn`` (sdpa), as the others take them.
+- ``trl-sweep`` (with ``--settings``): several ``trl`` settings in one process, one record each
+  (``run.py --trl-sweep`` runs it and picks TRL at its best).
 - ``levers:k=v,...``: transformers ``Trainer`` on forgekit's packed rows and collate with forgekit.perf's
   levers (``attn`` (default auto: forgekit_varlen on a GPU), ``liger`` (1 on GPU), ``ckpt`` period (1),
-  ``compile`` (0), ``rows`` per micro-batch (4), ``pad`` multiple (0)): the worker's training step
-  without Ray and DeepSpeed, to tell the levers' gain from the cost of the real path.
+  ``compile`` (0), ``rows`` per micro-batch (4), ``pad`` multiple (0), ``fp8`` (0; 1: the frozen base
+  matmuls in float8 through torchao, which the wheelhouse must carry)): the worker's training step without Ray
+  and DeepSpeed, to tell the levers' gain from the cost of the real path.
 - ``forgekit``: ``forgekit finetune`` on a generated YAML (Ray worker + DeepSpeed), timed from outside
   (``benchmarks/forgekit_contender.py``).
 
@@ -76,7 +80,7 @@ class TokenMeter:
             self.total += self.pending.popleft()
 
 
-def _callback(meter: TokenMeter, record: dict) -> Any:
+def _callback(meter: TokenMeter, record: dict, t0: float = T0) -> Any:
     from transformers import TrainerCallback
 
     class Clock(TrainerCallback):
@@ -84,7 +88,7 @@ def _callback(meter: TokenMeter, record: dict) -> Any:
             _sync()
             now = time.time()
             if not record["times"]:
-                record["t_first_step"] = now - T0
+                record["t_first_step"] = now - t0
             record["times"].append(now)
             record["tokens"].append(meter.total)
 
@@ -147,7 +151,17 @@ def _finish(trainer: Any, record: dict, meter: TokenMeter) -> dict:
     if torch.cuda.is_available():
         record["peak_alloc_gb"] = torch.cuda.max_memory_allocated() / 2**30
         record["peak_reserved_gb"] = torch.cuda.max_memory_reserved() / 2**30
+        record["gpu"] = gpu_identity()
     return record
+
+
+def gpu_identity() -> str:
+    """``"NVIDIA H100 80GB HBM3 GPU-1a2b3c4d"``: the device's name and the start of its UUID (which card ran it)."""
+    import torch
+
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    uuid = str(getattr(props, "uuid", "") or "")
+    return f"{props.name} GPU-{uuid[:8]}" if uuid else props.name
 
 
 def hf_batch(tokens_per_step: int, mean_len: float, batch: int | None = None) -> tuple[int, int]:
@@ -184,29 +198,72 @@ def run_hf(spec: dict, opts: dict) -> dict:
     return _finish(trainer, record, meter)
 
 
-def run_trl(spec: dict, opts: dict) -> dict:
-    """TRL SFTTrainer with BFD packing (padding-free), LoRA through its ``peft_config``."""
+def run_trl(spec: dict, opts: dict, t0: float = T0) -> dict:
+    """TRL SFTTrainer with BFD packing (padding-free), LoRA through its ``peft_config``.
+
+    Options: ``ckpt`` gradient checkpointing (1), ``batch`` packed rows per micro-batch (2), ``liger`` TRL's
+    ``use_liger_kernel`` (0), ``attn`` attention implementation (sdpa).
+    """
     from datasets import Dataset
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, set_seed
     from trl import SFTConfig, SFTTrainer
 
     tok = AutoTokenizer.from_pretrained(spec["model_dir"])
     rows = _rows(spec, tok)
-    batch = int(opts.get("batch", 2))
+    batch, ckpt, liger = int(opts.get("batch", 2)), opts.get("ckpt", "1") == "1", opts.get("liger", "0") == "1"
+    attn = opts.get("attn", "sdpa")
     accum = max(1, round(spec["tokens_per_step"] / (batch * spec["max_length"])))
-    meter, record = TokenMeter(), {"times": [], "tokens": [], "config": {"batch": batch, "accum": accum}}
+    meter = TokenMeter()
+    record = {"times": [], "tokens": [], "config": {"batch": batch, "accum": accum, "ckpt": ckpt, "liger": liger,
+                                                    "attn": attn}}
     cfg = SFTConfig(**_train_args(spec, spec["tmp"], per_device_train_batch_size=batch,
-                                  gradient_accumulation_steps=accum, gradient_checkpointing=True,
+                                  gradient_accumulation_steps=accum, gradient_checkpointing=ckpt,
                                   max_length=spec["max_length"], packing=True, packing_strategy="bfd",
-                                  use_liger_kernel=opts.get("liger", "0") == "1"))
-    trainer = SFTTrainer(model=_load_model(spec, opts.get("attn", "sdpa")), args=cfg,
-                         train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         peft_config=_lora_config(spec))
+                                  use_liger_kernel=liger))
+    set_seed(spec["seed"])  # the LoRA initialisation draws before the Trainer seeds; the same in every setting
+    trainer = SFTTrainer(model=_load_model(spec, attn), args=cfg, train_dataset=Dataset.from_list(rows),
+                         processing_class=tok, peft_config=_lora_config(spec))
     trainer.data_collator = meter.wrap(trainer.data_collator)
-    trainer.add_callback(_callback(meter, record))
+    trainer.add_callback(_callback(meter, record, t0))
     trainer.model.register_forward_pre_hook(meter.hook, with_kwargs=True)
     trainer.train()
     return _finish(trainer, record, meter)
+
+
+def run_trl_sweep(spec: dict, settings: list[dict], out: Path) -> dict:
+    """The TRL settings one after the other in this process (imports and CUDA start paid once; each setting loads
+    the model afresh): one record per setting, written to `out` after each, so a crash loses only the setting it
+    hit. An out-of-memory is that setting's record; a setting needing at least the memory of one that ran out is
+    skipped (``sweep.skipped_by``). Liger-off settings must come first (``sweep.settings`` orders them): Liger's
+    kernels patch the model classes for the rest of the process."""
+    import gc
+
+    import torch
+    from sweep import is_oom, option_string, skipped_by
+
+    cuda = torch.cuda.is_available()
+    records: list[dict] = []
+    for setting in settings:
+        oom = [r["setting"] for r in records if not r.get("ok") and is_oom(r.get("error"))]
+        record: dict[str, Any] = {"setting": setting}
+        if (cause := skipped_by(setting, oom)) is not None:
+            record.update(ok=False, skipped=f"needs at least the memory of {option_string(cause)}, which ran out")
+        else:
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            started = time.time()
+            try:
+                record.update(run_trl(spec, setting, t0=started), ok=True)
+            except Exception as e:  # noqa: BLE001 - an OOM or error is this setting's row; the sweep goes on
+                record.update(ok=False, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-2000:])
+                record["peak_alloc_gb"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+            record["setting_s"] = time.time() - started
+        gc.collect()  # the failed setting's trainer and model go before the next loads
+        if cuda:
+            torch.cuda.empty_cache()
+        records.append(record)
+        out.write_text(json.dumps({"ok": True, "partial": True, "settings": records}))
+    return {"settings": records}
 
 
 def _packed_dataset(rows: list[dict], capacity: int) -> Any:
@@ -228,6 +285,34 @@ def _packed_dataset(rows: list[dict], capacity: int) -> Any:
     return Dataset.from_dict(packed)
 
 
+def float8_base_layers(model: Any) -> int:
+    """Swap the frozen base ``nn.Linear`` of every LoRA layer for torchao's ``Float8Linear`` (rowwise scales: the
+    forward and the input-gradient matmuls in float8 on an H100; the adapters stay bf16). The number swapped.
+
+    The base weight is frozen, so its weight-gradient matmul never runs; torchao still casts the weight to float8
+    on every forward (no cache), so the gain is the matmul's minus that cast. Compile the layers (``compile=1``) to
+    fuse the casts, as torchao advises.
+    """
+    try:
+        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+    except ImportError as e:
+        raise RuntimeError("fp8=1 needs torchao: add it to the wheelhouse (EXTRA=torchao==<version for the host's "
+                           "torch> ../shared/device/make_wheelhouse.sh)") from e
+    import torch
+
+    def base_only(module: Any, fqn: str) -> bool:
+        if not isinstance(module, torch.nn.Linear):
+            return True  # a container: look inside
+        return fqn.endswith("base_layer") and module.in_features % 16 == 0 and module.out_features % 16 == 0
+
+    before = sum(1 for n, _ in model.named_modules() if n.endswith("base_layer"))
+    convert_to_float8_training(model, module_filter_fn=base_only, config=Float8LinearConfig.from_recipe_name("rowwise"))
+    swapped = sum(1 for n, m in model.named_modules() if n.endswith("base_layer") and type(m).__name__ == "Float8Linear")
+    if not swapped:
+        raise RuntimeError(f"fp8=1: none of the {before} LoRA base layers became Float8Linear")
+    return swapped
+
+
 def run_levers(spec: dict, opts: dict) -> dict:
     """forgekit's training step (packed rows, forgekit.perf levers) in a plain Trainer, no Ray/DeepSpeed."""
     from peft import get_peft_model
@@ -246,6 +331,7 @@ def run_levers(spec: dict, opts: dict) -> dict:
     model.config.use_cache = False
     liger = opts.get("liger", "1" if cuda else "0") == "1" and perf.apply_liger(model)
     model = get_peft_model(model, _lora_config(spec))
+    fp8 = float8_base_layers(model) if opts.get("fp8", "0") == "1" else 0
     ckpt_layers = perf.set_activation_checkpointing(model, int(opts.get("ckpt", "1")))
     compiled = perf.compile_decoder_layers(model) if opts.get("compile", "0") == "1" else 0
     pad = int(opts.get("pad", "0"))
@@ -262,7 +348,7 @@ def run_levers(spec: dict, opts: dict) -> dict:
     meter = TokenMeter()
     record = {"times": [], "tokens": [], "config": {"rows": per_batch, "accum": accum, "attn": attn,
                                                     "liger": liger, "ckpt_layers": ckpt_layers,
-                                                    "compiled_layers": compiled, "pad": pad}}
+                                                    "compiled_layers": compiled, "pad": pad, "fp8_layers": fp8}}
     model.register_forward_pre_hook(meter.hook, with_kwargs=True)
     args = TrainingArguments(**_train_args(spec, spec["tmp"], per_device_train_batch_size=per_batch,
                                            gradient_accumulation_steps=accum, gradient_checkpointing=False,
@@ -293,16 +379,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("contender")
     p.add_argument("--spec", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--settings", default="[]", help="trl-sweep only: JSON list of trl option dicts, in run order")
     a = p.parse_args(argv)
     name, _, option_text = a.contender.partition(":")
+    spec = json.loads(a.spec.read_text())
+    spec.setdefault("tmp", str(a.out.parent / f"tmp-{os.getpid()}"))
+    if name == "trl-sweep":  # --settings: the sweep's option dicts (JSON); the result file grows after each one
+        result = {"contender": "trl-sweep", **run_trl_sweep(spec, json.loads(a.settings), a.out), "ok": True}
+        a.out.write_text(json.dumps(result))
+        return 0
     if name == "forgekit":
         from forgekit_contender import run_forgekit
 
         RUNNERS["forgekit"] = run_forgekit
     if name not in RUNNERS:
         p.error(f"unknown contender {name!r}; choose from {sorted(RUNNERS)} or forgekit")
-    spec = json.loads(a.spec.read_text())
-    spec.setdefault("tmp", str(a.out.parent / f"tmp-{os.getpid()}"))
     result: dict[str, Any] = {"contender": a.contender}
     try:
         result.update(RUNNERS[name](spec, parse_options(option_text)))

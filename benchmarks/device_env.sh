@@ -2,14 +2,15 @@
 #   source benchmarks/device_env.sh
 # Installs the carried wheelhouse (.whl/, built by ../shared/device/make_wheelhouse.sh) into /tmp/site and
 # sets the environment DeepSpeed and Ray need there (see ../shared/device/README.md).
-# plus pytest and the notebook kernel (.whl/pytest/, .whl/nb/) when benchmarks/make_test_wheels.sh added them
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
+# plus pytest and the notebook kernel (.whl/pytest/, .whl/nb/) when benchmarks/make_test_wheels.sh added them;
+# FKB_INSTALL_S caps the install and the version probe (seconds), for scripts with a time budget
+timeout ${FKB_INSTALL_S:-600} python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
     $(ls .whl/pytest/*.whl .whl/nb/*.whl 2>/dev/null) 2>&1 | grep -v WARNING
 export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 export TORCH_CUDA_ARCH_LIST=9.0 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export FORGEKIT_TINY_SOURCE=${FORGEKIT_TINY_SOURCE:-$PWD/.bench/tokenizer}
 export RAY_DEDUP_LOGS=0 HF_HUB_OFFLINE=1
-python3 - <<'PY'
+timeout ${FKB_INSTALL_S:-600} python3 - <<'PY'
 import importlib.metadata as md, inspect, torch
 names = ["torch", "transformers", "peft", "trl", "accelerate", "datasets", "deepspeed", "ray", "liger-kernel", "triton"]
 print("versions:", ", ".join(f"{n} {md.version(n)}" for n in names))

@@ -9,7 +9,17 @@ same GPU, in the order ``repeat 1: A B C, repeat 2: A B C, ...`` so slow drift h
 same saved random-weight model and train the same synthetic examples (``benchmarks/workload.py``) with
 the same LoRA config, learning rate, step count and about the same real tokens per optimizer step.
 
-Figures per contender (medians over repeats): real (non-pad) tokens/s over steps 2..N, MFU (model FLOPs
+Issue 27's headline (``benchmarks/issue27.sh`` runs it in stages under a time budget)::
+
+    python benchmarks/run.py --model llama8b --steps 6 --trl-sweep --contenders trl:best forgekit \
+        'hf:ckpt=0|hf:ckpt=1' --once 'hf:ckpt=0|hf:ckpt=1' --repeats 3 --budget-s 500
+
+``--trl-sweep`` first runs TRL at checkpointing x batch x Liger (``benchmarks/sweep.py``; one process, an
+out-of-memory is a row) and ``trl:best`` is then its fastest setting that fitted; ``a|b`` runs ``b`` in place of
+``a`` when ``a`` runs out of memory; ``--once`` contenders run once, after the repeats; ``--budget-s`` starts no
+run that would not end in time (the table lists it as not run).
+
+Figures per contender (medians over repeats, with min and max, and the GPU each run used): real (non-pad) tokens/s over steps 2..N, MFU (model FLOPs
 of ``forgekit.flops`` at the data's token-weighted mean length, vs the GPU's dense bf16 peak), peak GPU
 memory (allocator peak in the process, and the device's used memory polled by NVML, which also sees
 Ray workers), time from spawn to the end of the first optimizer step, and the mean loss of the last
@@ -34,6 +44,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+import sweep
+from sweep import alternatives, is_oom, spread, steady_tokens_per_s
 from workload import length_stats, make_examples, model_config, tokenize, write_jsonl
 
 from forgekit.flops import mfu, model_flops_per_token, peak_tflops
@@ -142,12 +154,13 @@ def prepare(args: argparse.Namespace, work: Path) -> dict:
     return spec
 
 
-def run_child(contender: str, work: Path, tag: str, timeout: int) -> dict:
+def run_child(contender: str, work: Path, tag: str, timeout: float, extra: list[str] | None = None) -> dict:
     """Run one contender in a child process; its JSON result plus the NVML memory peak."""
     out = work / f"{tag}.json"
     out.unlink(missing_ok=True)
     env = {**os.environ, "FKB_T0": repr(time.time())}
-    cmd = [sys.executable, str(HERE / "contenders.py"), contender, "--spec", str(work / "spec.json"), "--out", str(out)]
+    cmd = [sys.executable, str(HERE / "contenders.py"), contender, "--spec", str(work / "spec.json"), "--out", str(out),
+           *(extra or [])]
     started = time.time()
     with MemoryPoller() as mem, open(work / f"{tag}.log", "w") as log:
         try:
@@ -162,14 +175,6 @@ def run_child(contender: str, work: Path, tag: str, timeout: int) -> dict:
     result.update(wall_s=time.time() - started, nvml_peak_gb=mem.peak, rc=rc)
     print(f"[{tag}] ok={result.get('ok')} wall={result['wall_s']:.0f}s {summary_line(result)}", flush=True)
     return result
-
-
-def steady_tokens_per_s(result: dict) -> float | None:
-    """Real tokens per second from the end of step 1 to the end of the last step."""
-    t, n = result.get("times") or [], result.get("tokens") or []
-    if len(t) < 2 or t[-1] <= t[0]:
-        return None
-    return (n[-1] - n[0]) / (t[-1] - t[0])
 
 
 def summary_line(result: dict) -> str:
@@ -188,6 +193,8 @@ def aggregate(name: str, runs: list[dict], spec: dict, peak: float | None) -> di
     row: dict[str, Any] = {"contender": name, "repeats": len(runs), "ok": len(ok)}
     if not ok:
         row["error"] = runs[-1].get("error", "failed") if runs else "not run"
+        row["out_of_memory"] = is_oom(row["error"])
+        row["peak_alloc_gb"] = runs[-1].get("peak_alloc_gb") if runs else None
         return row
 
     def med(values: list) -> float | None:
@@ -200,9 +207,13 @@ def aggregate(name: str, runs: list[dict], spec: dict, peak: float | None) -> di
     gpus = int(yaml_cfg.get("num_devices", 1))
     full = "lora_config" in yaml_cfg and not yaml_cfg["lora_config"]
     flops = spec.get("flops_per_token_full", spec["flops_per_token"]) if full else spec["flops_per_token"]
+    tps_spread = spread(tps)
     row.update(
         tokens_per_s=med(tps),
         tokens_per_s_all=tps,
+        min_tokens_per_s=tps_spread["min"],
+        max_tokens_per_s=tps_spread["max"],
+        gpus_used=sorted({r["gpu"] for r in ok if r.get("gpu")}),
         gpus=gpus,
         full_finetune=full,
         mfu=mfu(med(tps), flops, gpus, peak) if med(tps) and peak else None,
@@ -218,45 +229,90 @@ def aggregate(name: str, runs: list[dict], spec: dict, peak: float | None) -> di
     return row
 
 
+def _fmt(v: Any, fmt: str) -> str:
+    return format(v, fmt) if isinstance(v, (int, float)) else "–"
+
+
+def _setting(contender: str, best: str | None) -> str:
+    """The table's setting cell: what the contender's options mean (the TRL sweep's winner says so)."""
+    name, _, text = contender.partition(":")
+    opts = dict(kv.split("=", 1) for kv in filter(None, text.split(",")) if "=" in kv)
+    if name == "trl":
+        return ("**at its best** (sweep winner): " if contender == best else "") + sweep.describe(opts)
+    if name == "hf":
+        return (f"padded, {'checkpointing' if opts.get('ckpt', '1') == '1' else 'no checkpointing'}"
+                + (f", batch {opts['batch']}" if "batch" in opts else ""))
+    return text or "defaults"
+
+
+def sweep_markdown(sw: dict, meta: dict) -> list[str]:
+    """The TRL sweep's table: every setting with its figure, its out-of-memory or error, and the winner."""
+    best = (sw.get("best") or {}).get("options")
+    lines = ["", f"## TRL sweep ({sw.get('how', 'one run per setting')}; {sw.get('steps', meta['steps'])} steps each)",
+             "", "| TRL setting | real tokens/s | MFU | peak alloc GB | result |", "|---|---|---|---|---|"]
+    flops, peak = meta["flops_per_token"], meta.get("peak_tflops")
+    for r in sw.get("rows", []):
+        tps = r.get("tokens_per_s")
+        m = mfu(tps, flops, 1, peak) if tps and peak else None
+        result = "**winner**" if r["options"] == best else (r["status"] if r["status"] == "ok" else
+                                                           f"{r['status']}: {str(r.get('error', ''))[:90]}")
+        lines.append(f"| {r['label']} | {_fmt(tps, ',.0f')} | {_fmt(m, '.3f')} | {_fmt(r.get('peak_alloc_gb'), '.1f')} "
+                     f"| {result} |")
+    if sw.get("source"):
+        lines += ["", f"TRL at its best: {sw['source']}."]
+    return lines
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
-    """The results table, with the command that produced it."""
-    base = {r["contender"]: r.get("tokens_per_s") for r in rows}
-    ref = base.get("hf")
+    """The results table (median, min and max of the runs, the GPU each ran on), the TRL sweep, the command."""
+    best = meta.get("trl_best")
+    ref = next((r.get("tokens_per_s") for r in rows if r["contender"].startswith("hf") and r.get("ok")), None)
+    peer = next((r.get("tokens_per_s") for r in rows if r["contender"] == best and r.get("ok")), None)
+    ds = meta["data_stats"]
     lines = [
         f"# Benchmark: {meta['model']} LoRA on {meta['device_name']}",
         "",
         f"Command: `{meta['command']}`",
         "",
-        (f"Data: {meta['data_stats']['n']} synthetic chat examples, token lengths median "
-        f"{meta['data_stats']['p50']}, p95 {meta['data_stats']['p95']}, mean {meta['data_stats']['mean']:.0f}, "
-        f"max {meta['data_stats']['max']}; {meta['steps']} optimizer steps of ~{meta['tokens_per_step']} real "
-        f"tokens; LoRA r=16 on all linear layers; lr {meta['lr']} constant. MFU counts "
-        f"{meta['flops_per_token'] / 1e9:.2f} GFLOP/token (4N + attention at the token-weighted mean length "
-        f"{meta['data_stats']['token_weighted_mean']:.0f}) against {meta['peak_tflops']} TFLOP/s. "
-        f"Medians of {meta['repeats']} runs. {meta['versions']}"),
+        (f"Data: {ds['n']} synthetic chat examples, token lengths median {ds['p50']}, p95 {ds['p95']}, mean "
+         f"{ds['mean']:.0f}, max {ds['max']}; {meta['steps']} optimizer steps of ~{meta['tokens_per_step']} real "
+         f"tokens; LoRA r=16 on all linear layers; lr {meta['lr']} constant. MFU counts "
+         f"{meta['flops_per_token'] / 1e9:.2f} GFLOP/token (4N + attention at the token-weighted mean length "
+         f"{ds['token_weighted_mean']:.0f}) against {meta['peak_tflops']} TFLOP/s. Real tokens/s over steps 2..N of "
+         f"each run: median, min and max of up to {meta['repeats']} runs, each contender in its own process on the "
+         f"same GPU ({meta.get('gpu') or meta['device_name']}). {meta['versions']}"),
         "",
-        ("| contender | real tokens/s | vs hf | MFU | peak alloc GB | peak GPU GB (NVML) | first step s "
-         "| tokens/step | loss first → last-3 | runs ok |"),
-        "|---|---|---|---|---|---|---|---|---|---|",
+        ("| contender | setting | real tokens/s (median) | min – max | runs ok | vs usual recipe (hf) "
+         "| vs TRL at its best | MFU | peak alloc GB | peak GPU GB (NVML) | first step s | tokens/step "
+         "| loss first → last-3 | GPU |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-
-    def f(v: Any, fmt: str) -> str:
-        return format(v, fmt) if isinstance(v, (int, float)) else "–"
-
     for r in rows:
+        name, setting = r["contender"].split(":")[0], _setting(r["contender"], best)
         if not r.get("ok"):
-            lines.append(f"| {r['contender']} | failed: {str(r.get('error', ''))[:120]} |  |  |  |  |  |  |  | 0 |")
+            what = "out of memory" if r.get("out_of_memory") else "failed"
+            lines.append(f"| {name} | {setting} | {what}: {str(r.get('error', ''))[:100]} |  | 0/{r.get('repeats', 0)} "
+                         f"|  |  |  | {_fmt(r.get('peak_alloc_gb'), '.1f')} |  |  |  |  |  |")
             continue
         tps = r.get("tokens_per_s")
-        workers = "GPUs" if meta.get("device_name") != "cpu" else "CPU workers"
-        notes = ([f"{r['gpus']} {workers}"] if r.get("gpus", 1) > 1 else []) + (["full FT, MFU at 6N"] if r.get("full_finetune") else [])
-        name = r["contender"] + (f" ({', '.join(notes)})" if notes else "")
+        notes = ([f"{r['gpus']} {'GPUs' if meta.get('device_name') != 'cpu' else 'CPU workers'}"]
+                 if r.get("gpus", 1) > 1 else []) + (["full FT, MFU at 6N"] if r.get("full_finetune") else [])
+        used = r.get("gpus_used") or []
+        gpu = used[0] if len(used) == 1 else (f"{len(used)} different: " + "; ".join(used) if used else "–")
+        label = name + (f" ({', '.join(notes)})" if notes else "")
         lines.append(
-            f"| {name} | {f(tps, ',.0f')} | {f(tps / ref if tps and ref else None, '.2f')}× "
-            f"| {f(r.get('mfu'), '.3f')} | {f(r.get('peak_alloc_gb'), '.1f')} | {f(r.get('nvml_peak_gb'), '.1f')} "
-            f"| {f(r.get('time_to_first_step_s'), '.1f')} | {f(r.get('tokens_per_step'), ',.0f')} "
-            f"| {f(r.get('first_loss'), '.3f')} → {f(r.get('final_loss'), '.3f')} | {r['ok']}/{r['repeats']} |"
+            f"| {label} | {setting} | {_fmt(tps, ',.0f')} "
+            f"| {_fmt(r.get('min_tokens_per_s'), ',.0f')} – {_fmt(r.get('max_tokens_per_s'), ',.0f')} "
+            f"| {r['ok']}/{r['repeats']} | {_fmt(tps / ref if tps and ref else None, '.2f')}× "
+            f"| {_fmt(tps / peer if tps and peer else None, '.2f')}× "
+            f"| {_fmt(r.get('mfu'), '.3f')} | {_fmt(r.get('peak_alloc_gb'), '.1f')} | {_fmt(r.get('nvml_peak_gb'), '.1f')} "
+            f"| {_fmt(r.get('time_to_first_step_s'), '.1f')} | {_fmt(r.get('tokens_per_step'), ',.0f')} "
+            f"| {_fmt(r.get('first_loss'), '.3f')} → {_fmt(r.get('final_loss'), '.3f')} | {gpu} |"
         )
+    if meta.get("not_run"):
+        lines += ["", "Not run (time budget): " + "; ".join(meta["not_run"]) + "."]
+    if meta.get("sweep"):
+        lines += sweep_markdown(meta["sweep"], meta)
     return "\n".join(lines) + "\n"
 
 
@@ -298,25 +354,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=int, default=900, help="seconds per child process")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="instead of running: pool the runs of these result files (same work) into --out/--tag")
+    p.add_argument("--trl-sweep", action="store_true",
+                   help="first run TRL's settings (checkpointing x batch x Liger, one process) and keep the fastest "
+                        "that fits as TRL at its best: the contender 'trl:best' runs it")
+    p.add_argument("--sweep-ckpt", default="1,0", help="checkpointing values the sweep tries")
+    p.add_argument("--sweep-batch", default="2,4", help="micro-batches (packed rows) the sweep tries")
+    p.add_argument("--sweep-liger", default="0,1", help="Liger values the sweep tries")
+    p.add_argument("--sweep-only", action="store_true", help="run the sweep (and write it), no contenders")
+    p.add_argument("--sweep-from", type=Path, default=None, metavar="JSON",
+                   help="take TRL at its best (and the sweep's table) from an earlier result file of the same work")
+    p.add_argument("--trl-best-fallback", default="ckpt=0,batch=4,liger=1",
+                   help="'trl:best' when no sweep says otherwise (the issue-27 H100 best); the table says so")
+    p.add_argument("--once", nargs="*", default=[], metavar="CONTENDER",
+                   help="contenders (as spelled in --contenders) run once, after the repeats of the others")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="seconds this command may take: a run that would not end in time is not started")
     args = p.parse_args(argv)
 
     if args.merge:
         return merge(args)
+    deadline = time.time() + (args.budget_s or 1e9)
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     spec = prepare(args, work)
-    contenders = expand_contenders(args.contenders)
-    runs: dict[str, list[dict]] = {c: [] for c in contenders}
-    device_name = "cpu"
+    device_name, gpu = "cpu", None
     if args.device == "cuda":
         import torch
+        from contenders import gpu_identity
 
-        device_name = torch.cuda.get_device_name(0)
+        device_name, gpu = torch.cuda.get_device_name(0), gpu_identity()
     peak = peak_tflops(device_name) if args.device == "cuda" else None
     meta = {
         "command": "python benchmarks/run.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "model": args.model,
         "device_name": device_name,
+        "gpu": gpu,
         "peak_tflops": peak,
         "steps": args.steps,
         "repeats": args.repeats,
@@ -327,17 +399,94 @@ def main(argv: list[str] | None = None) -> int:
         "flops_per_token_full": spec["flops_per_token_full"],
         "versions": versions(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "not_run": [],
     }
     tag = args.tag or f"{args.model}-{args.device}"
+    if args.trl_sweep:  # the sweep's table is written after each of its child processes, then when it ends
+        meta["sweep"] = run_sweep(args, work, deadline, lambda sw: write(args.out, tag, meta | {"sweep": sw}, [], {}))
+    elif args.sweep_from:
+        meta["sweep"] = json.loads(args.sweep_from.read_text())["meta"].get("sweep")
+    best = (meta.get("sweep") or {}).get("best")
+    meta["trl_best"] = "trl:" + best["options"] if best else None
+    if not best and (args.trl_sweep or args.sweep_from or "trl:best" in [*expand_contenders(args.contenders), *args.once]):
+        meta["trl_best"] = "trl:" + args.trl_best_fallback
+        meta.setdefault("sweep", None) or meta.update(sweep={"rows": []})
+        meta["sweep"]["source"] = f"not from a sweep (none ran or none fitted): the fallback {args.trl_best_fallback}"
+    runs: dict[str, list[dict]] = {}
+    if args.sweep_only:
+        write(args.out, tag, meta, [], runs)
+        print(markdown([], meta))
+        return 0 if best else 1
+    items = [meta["trl_best"] if c == "trl:best" else c for c in expand_contenders(args.contenders)]
+    once = {meta["trl_best"] if c == "trl:best" else c for c in args.once}
+    chosen = {item: 0 for item in items}  # which alternative of "a|b" runs (the next one after an out-of-memory)
+    schedule = [(rep, item) for rep in range(args.repeats) for item in items if item not in once]
+    schedule += [(0, item) for item in items if item in once]
     rows: list[dict] = []
-    for rep in range(args.repeats):
-        for i, c in enumerate(contenders):
-            runs[c].append(run_child(c, work, f"r{rep}-{i}-{c.split(':')[0]}", args.timeout))
-            # written after every run: a run cut short by a time limit keeps what it measured
-            rows = [aggregate(c, runs[c], spec, peak) for c in contenders]
-            write(args.out, tag, meta, rows, runs)
+    for rep, item in schedule:
+        alts = alternatives(item)
+        while True:
+            name = alts[chosen[item]]
+            left, need = deadline - time.time(), expected_seconds(name, runs)
+            if left < need:
+                meta["not_run"].append(f"{name} (repeat {rep + 1}: {left:.0f} s left, a run takes ~{need:.0f} s)")
+                break
+            result = run_child(name, work, f"r{rep}-{sum(map(len, runs.values()))}-{name.split(':')[0]}",
+                               min(args.timeout, left))
+            runs.setdefault(name, []).append(result)
+            if result.get("ok") or not is_oom(result.get("error")) or chosen[item] + 1 >= len(alts):
+                break
+            chosen[item] += 1  # out of memory: its alternative, now and in later repeats
+        # written after every run: a run cut short by a time limit keeps what it measured
+        rows = [aggregate(c, rs, spec, peak) for c, rs in runs.items()]
+        write(args.out, tag, meta, rows, runs)
+    write(args.out, tag, meta, rows, runs)
     print(markdown(rows, meta))
-    return 0 if all(r.get("ok") for r in rows) else 1
+    return 0 if rows and all(r.get("ok") or r.get("out_of_memory") for r in rows) else 1
+
+
+# a run's seconds before any was measured (committed logs: trl 33-44, hf 45-55, forgekit 80-107 at 6-14 steps)
+EXPECTED_S = {"trl": 40.0, "hf": 55.0, "forgekit": 100.0, "levers": 60.0}
+
+
+def expected_seconds(name: str, runs: dict[str, list[dict]]) -> float:
+    """How long a run of `name` will take: the longest of its earlier runs, else the committed logs' figure."""
+    walls = [r["wall_s"] for r in runs.get(name, []) if r.get("wall_s")]
+    return max(walls) if walls else EXPECTED_S.get(name.split(":")[0], 60.0)
+
+
+def run_sweep(args: argparse.Namespace, work: Path, deadline: float, save: Any = None) -> dict:
+    """TRL's settings in one child process (restarted on the rest if it dies); the table rows and the winner.
+    `save(sweep)` is called with the table so far after each child process."""
+    todo = sweep.settings(args.sweep_ckpt.split(","), args.sweep_batch.split(","), args.sweep_liger.split(","))
+    records: list[dict] = []
+    started = time.time()
+    for attempt in range(4):
+        left = deadline - time.time()
+        if not todo or left < 30:
+            break
+        result = run_child("trl-sweep", work, f"sweep-{attempt}", min(args.timeout * len(todo), left),
+                           extra=["--settings", json.dumps(todo)])
+        done = result.get("settings") or []
+        records += done
+        todo = todo[len(done):]
+        if todo:  # the child died inside the next setting: that is the setting's row
+            tail = (work / f"sweep-{attempt}.log").read_text(errors="replace")[-1500:]
+            records.append({"setting": todo[0], "ok": False,
+                            "error": result.get("error") or f"the sweep child exited with {result.get('rc')}: {tail}"})
+            todo = todo[1:]
+        if save:
+            save(_sweep_table(records, args.steps, started))
+    records += [{"setting": t, "ok": False, "skipped": "not run: the time budget ran out"} for t in todo]
+    return _sweep_table(records, args.steps, started)
+
+
+def _sweep_table(records: list[dict], steps: int, started: float) -> dict:
+    rows = [sweep.sweep_row(r["setting"], r) | {"setting_s": r.get("setting_s")} for r in records]
+    best = sweep.pick_best(rows)
+    return {"rows": rows, "best": best, "steps": steps, "wall_s": time.time() - started,
+            "how": "one process, the model loaded afresh for each setting",
+            "source": f"the sweep's fastest setting that fitted: {best['label']}" if best else None}
 
 
 def write(out: Path, tag: str, meta: dict, rows: list[dict], runs: dict) -> None:
@@ -363,6 +512,7 @@ def merge(args: argparse.Namespace) -> int:
             "flops_per_token_full": meta.get("flops_per_token_full", meta["flops_per_token"])}
     rows = [aggregate(c, rs, spec, meta["peak_tflops"]) for c, rs in runs.items()]
     meta["repeats"] = max(len(rs) for rs in runs.values())
+    meta.pop("not_run", None)  # one part's skipped runs may be another's: the runs-ok column counts what ran
     meta["command"] = " ; ".join(p["meta"]["command"] for p in parts) + " ; python benchmarks/run.py --merge " + " ".join(
         Path(f).name for f in args.merge)
     write(args.out, args.tag or "merged", meta, rows, runs)

@@ -66,7 +66,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(format_config(r), end="")
     print("# " + _summary(plan.data.manifest).replace("\n", "\n# "))
     print(format_plan(plan), end="")
-    run_dir = Path(r.output_dir).expanduser() / run_name_for(r, plan.data.manifest["cache_key"])
+    from forgekit import storage
+    from forgekit.checks import validate_notes
+
+    for note in validate_notes(plan, cluster_checked=False):
+        print(f"# {note}")
+
+    name = run_name_for(r, plan.data.manifest["cache_key"])
+    run_dir = storage.join(r.output_dir, name) if storage.is_remote(r.output_dir) else Path(r.output_dir).expanduser() / name
     print(f"# run directory: {run_dir}" + ("" if r.run_name else " (run_name derived from the config and data)"))
     return 0
 
@@ -250,7 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
+        import shlex
+
+        again = shlex.join(["forgekit", *(sys.argv[1:] if argv is None else argv)])
+        print(f"interrupted; resume from the last checkpoint with:\n  {again}", file=sys.stderr)
         return 130
 
 

@@ -112,6 +112,14 @@ def validate_record(record: Any, task: str = "instruction_tuning") -> list[str]:
         p = _content_problem(msg, i)
         if p:
             problems.append(p)
+        if "weight" in msg:  # OpenAI's and LLMForge's per-turn switch: 0 = this assistant turn is not trained
+            if role != "assistant":
+                problems.append(f"messages[{i}].weight: only assistant messages take a weight (0 or 1)")
+            elif msg["weight"] not in (0, 1):
+                problems.append(f"messages[{i}].weight: expected 0 (not trained) or 1 (trained), got {msg['weight']!r}")
+            elif task == "causal_lm":
+                problems.append(f"messages[{i}].weight: task causal_lm trains every token; weights need "
+                                "task: instruction_tuning")
         if role == "system" and i != 0:
             problems.append(f"messages[{i}]: a system message must come first")
         elif role == "user":
@@ -130,6 +138,11 @@ def validate_record(record: Any, task: str = "instruction_tuning") -> list[str]:
         problems.append("no user message")
     if not seen_assistant and task in ("instruction_tuning", "classification"):
         problems.append("no assistant message (nothing to train on for this task)")
+    assistants = [m for m in messages if isinstance(m, dict) and m.get("role") == "assistant"]
+    if task == "classification" and assistants and assistants[-1].get("weight", 1) == 0:
+        problems.append("the last assistant message is the label: weight 0 would leave nothing to train")
+    elif seen_assistant and task == "instruction_tuning" and all(m.get("weight", 1) == 0 for m in assistants):
+        problems.append("every assistant message has weight 0: nothing to train in this record")
     return problems
 
 
@@ -164,7 +177,7 @@ def _read_text(path: str) -> str:
             return storage.read_text(path)
         except storage.StorageError as e:
             raise DataError(e.problems) from None
-    local = Path(path.removeprefix("file://"))
+    local = Path(path.removeprefix("file://")).expanduser()
     if not local.exists():
         hint = ""
         if "data/generated/" in local.as_posix():  # the shipped samples, written by scripts/make_sample_data.py
@@ -173,11 +186,15 @@ def _read_text(path: str) -> str:
     if local.is_dir():
         raise DataError([f"{path}: a directory, not a data file (point it at a .jsonl file inside)"])
     try:
-        return local.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError([f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); is it a JSONL file?"]) from None
+        raw = local.read_bytes()
     except OSError as e:  # unreadable: permissions, a broken mount
         raise DataError([f"{path}: cannot read: {e.strerror or e}"]) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        from forgekit.errors import utf8_problem
+
+        raise DataError([f"{path}:{utf8_problem(raw, e)}"]) from None
 
 
 def _hf_records(name: str) -> list[Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["ForgekitError", "merge"]
+__all__ = ["ForgekitError", "merge", "utf8_problem"]
 
 
 class ForgekitError(Exception):
@@ -39,3 +39,10 @@ def merge(errors: Sequence[ForgekitError]) -> ForgekitError | None:
     if all(isinstance(e, DataError) for e in errors):
         return DataError([p for e in errors for p in e.problems], total=sum(e.total for e in errors))
     return ConfigError([p for e in errors for p in e.as_problems()])
+
+
+def utf8_problem(raw: bytes, e: UnicodeDecodeError) -> str:
+    """`LINE: ...` for a file that is not UTF-8: the line (1-based) and column of the first bad byte, and the byte."""
+    line = raw.count(b"\n", 0, e.start) + 1
+    column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+    return f"{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {column}: {e.reason}); save the file as UTF-8"

@@ -210,7 +210,8 @@ def _render_roles(
             text += _fill(prefix, "")
             start = len(text)
             text += content + _fill(suffix, "") + close
-            spans.append((start, start + len(content) if train_last_only else len(text)))
+            if m.get("weight", 1) != 0:  # weight 0: the turn is context, not trained (OpenAI / LLMForge)
+                spans.append((start, start + len(content) if train_last_only else len(text)))
         else:
             raise FormatError(f"role '{role}' has no template (role templates know system, user, assistant)")
     if add_generation_prompt:
@@ -245,6 +246,8 @@ def _render_chat_template(
                 "assistant spans cannot be located; Hint: set generation_config.prompt_format (role templates or "
                 "a built-in name)"
             )
+        if m.get("weight", 1) == 0:  # weight 0: the turn is context, not trained (OpenAI / LLMForge)
+            continue
         content = m.get("content") or ""
         end = len(before) + len(content) if train_last_only else len(through)
         spans.append((len(before), end))

@@ -301,6 +301,32 @@ class Plan:
         new._notes = self.config.notes
         return new
 
+    @cached_property
+    def quantization(self) -> dict[str, Any] | None:
+        """How the base model loads quantized (`quant_conf`) and its weights' memory before and after, estimated from
+        the model's config (`forgekit.quantization.quantized_weight_bytes`); None: not quantized."""
+        from forgekit.quantization import is_quantized, quantized_weight_bytes
+
+        q = self.config.quant_conf
+        if not is_quantized(q):
+            return None
+        from transformers import AutoConfig
+
+        bf16 = self.precision in ("bf16", "auto")
+        weights = quantized_weight_bytes(AutoConfig.from_pretrained(self.model_path), q, dtype_bytes=2 if bf16 else 4)
+        out: dict[str, Any] = {"method": q.get("quantization_type", "bits-and-bytes"), "bits": 8}
+        if q.get("load_in_4bit"):
+            out.update(bits=4, quant_type=q.get("bnb_4bit_quant_type", "fp4"),
+                       double_quant=bool(q.get("bnb_4bit_use_double_quant")),
+                       compute_dtype=q.get("bnb_4bit_compute_dtype") or ("bfloat16" if bf16 else "float32"),
+                       quant_storage=q.get("bnb_4bit_quant_storage") or "uint8")
+        return {
+            **out,
+            "weights_bytes": weights["unquantized"],
+            "quantized_weights_bytes": weights["quantized"],
+            "quantized_params": weights["quantized_params"],
+        }
+
     def describe_batch(self) -> str:
         return describe_batch(self.micro_batch, self.accumulation, self.world_size)
 
@@ -338,6 +364,7 @@ class Plan:
             "pad_to_multiple_of": self.pad_to_multiple_of,
             "deepspeed": self.deepspeed,
             "model_path": self.model_path,
+            "quantization": self.quantization,
             "derived": sorted(self.derived),
             "on_worker": self.on_worker(),
         }
@@ -442,6 +469,12 @@ def format_plan(plan: Plan) -> str:
     ]
     if p.deepspeed is not None:
         lines.append(f"deepspeed: ZeRO stage {p.zero_stage} ({p.config.deepspeed.config_path})")
+    if (q := p.quantization) is not None:
+        how = (f"4-bit {q['quant_type']}" + (" + double quantization" if q["double_quant"] else "")
+               + f", compute {q['compute_dtype']}, storage {q['quant_storage']}" if q["bits"] == 4 else "8-bit")
+        lines.append(f"quantization: base model in {how} (bitsandbytes): weights {q['weights_bytes'] / 1e9:.2f} GB -> "
+                     f"{q['quantized_weights_bytes'] / 1e9:.2f} GB ({q['quantized_params'] / 1e6:,.1f}M parameters "
+                     "quantized); LoRA trains on it, checkpoints hold the adapter only")
     for key, how in p.on_worker().items():
         lines.append(f"on each worker: {key}: {how}")
     return "\n".join(f"# {line}" for line in lines) + "\n"

@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from forgekit.formats import (
     role_format_to_jinja,
     tokenize_rendered,
 )
-from forgekit.models import cache_root
+from forgekit.models import cache_root, remove_stale_temp, temp_dir
 
 __all__ = [
     "DataSpec",
@@ -51,11 +50,13 @@ __all__ = [
     "pack_rows",
     "prepare_data",
     "preview_data",
+    "publish",
     "read_data",
 ]
 
 log = logging.getLogger("forgekit")
-PREP_VERSION = 2  # bump when the on-disk format or tokenization rules change
+PREP_VERSION = 3  # 3: a message's weight 0 trains nothing of that turn. Bump when the on-disk format or tokenization rules change
+STAGING = ".tmp-"  # prefix of a cache folder being built (renamed into place when complete)
 MIN_CONTEXT = 512  # the smallest derived context length
 
 
@@ -124,7 +125,7 @@ def load_tokenizer(cfg: FinetuneConfig) -> Any:
     if adapter and (Path(adapter) / "tokenizer_config.json").exists():
         source, key = adapter, "initial_adapter_model_ckpt_path"
     try:
-        tok = AutoTokenizer.from_pretrained(source)
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as e:  # not a local model dir, and the Hub cannot serve it (offline, typo, gated)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError([f"{key}: {source}: cannot load its tokenizer (a local model directory, an embedded "
@@ -145,7 +146,7 @@ def _model_max_length(cfg: FinetuneConfig) -> int | None:
     from transformers import AutoConfig
 
     try:
-        mc = AutoConfig.from_pretrained(_model_path(cfg))
+        mc = AutoConfig.from_pretrained(_model_path(cfg), trust_remote_code=cfg.trust_remote_code)
     except Exception:  # noqa: BLE001 - a hub id that cannot be reached; the worker will know
         return None
     return getattr(mc, "max_position_embeddings", None)
@@ -344,7 +345,7 @@ def _build(cfg: FinetuneConfig, spec: DataSpec, tok: Any, model_max: int | None,
         ])
     if not kept:
         raise DataError([f"{cfg.train_path}: no example fits context_length={ctx} ({counts})"])
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    tmp = temp_dir(target.parent, STAGING)
     from datasets import Dataset, disable_progress_bars
 
     disable_progress_bars()
@@ -377,6 +378,12 @@ def _build(cfg: FinetuneConfig, spec: DataSpec, tok: Any, model_max: int | None,
         v_cols, _ = _to_columns(v_kept, ctx, False)
         Dataset.from_dict(v_cols).save_to_disk(str(tmp / "valid"))
         manifest.update(valid_examples=len(valid_rows), valid_rows=len(v_kept), valid_counts=v_counts)
+    return publish(tmp, target, tok, manifest, started)
+
+
+def publish(tmp: Path, target: Path, tok: Any, manifest: dict, started: float) -> dict:
+    """Finish the datasets written into `tmp` (the tokenizer, manifest.json with the seconds since `started`) and
+    rename it to `target` atomically; the manifest as published (another process's, had it finished first)."""
     tok.save_pretrained(str(tmp / "tokenizer"))
     manifest["prepare_seconds"] = round(time.time() - started, 2)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -414,6 +421,8 @@ def prepare_data(cfg: FinetuneConfig, spec: DataSpec | None = None, *, use_gpu: 
     key, parts = _cache_key(cfg, spec, tok, model_max)
     target = ((root or cache_root()) / "prepared" / key).absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_temp(target.parent, STAGING):  # a build killed mid-write (kill -9, a lost machine)
+        log.info("forgekit: removed %s, left by an interrupted data preparation", stale)
     if (target / "manifest.json").exists():
         manifest = json.loads((target / "manifest.json").read_text())
         manifest["cache_hit"] = True

@@ -178,6 +178,13 @@ def quantization_problems(quant_conf: dict[str, Any] | None, use_gpu: bool | Non
             problems.append("quant_conf.bnb_4bit_quant_storage: DeepSpeed ZeRO-3 shards 4-bit weights only when they "
                             "are stored in the model's float dtype; set bnb_4bit_quant_storage: bfloat16 (the run's "
                             "dtype), or use a ZeRO-2 DeepSpeed config")
+    if zero_stage == 3 and use_gpu is False and four:
+        # measured (tests/integration/test_qlora.py): ZeRO-3 QLoRA trains on CPU workers, but bitsandbytes repacks a
+        # 4-bit weight into its CPU kernels' layout at the first evaluation (on CPUs with AVX512-BF16) while ZeRO-3
+        # holds only a shard of it, and the next checkpoint's state_dict cannot unpack it (an AssertionError)
+        problems.append("quant_conf: a 4-bit base under DeepSpeed ZeRO-3 does not run on CPU workers (bitsandbytes' "
+                        "CPU kernels repack the weights ZeRO-3 partitions; saving a checkpoint fails); on CPUs use a "
+                        "ZeRO-2 DeepSpeed config (or none); ZeRO-3 QLoRA runs on GPUs, with bnb_4bit_quant_storage")
     import torch
 
     device = "cuda" if use_gpu else "cpu"

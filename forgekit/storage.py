@@ -122,7 +122,9 @@ def filesystem(path: str | os.PathLike, key: str | None = None) -> tuple[Any, st
     if not is_remote(text):
         return fsspec.filesystem("file"), str(Path(_local(text)).expanduser().absolute())
     try:
-        return fsspec.core.url_to_fs(text)
+        # no listings cache: a run directory is written by other processes (Ray's workers, a resumed driver), and a
+        # cached listing would hide their files from exists() / listdir() here
+        return fsspec.core.url_to_fs(text, use_listings_cache=False)
     except ImportError as e:
         raise _missing_backend(text, key, e) from None
     except ValueError as e:  # fsspec: "Protocol not known"

@@ -16,6 +16,11 @@
 - Outputs (`output_dir/<run_name>/`): config.yaml, manifest.json, plan.json, metrics.jsonl (rank 0), checkpoints
   (`checkpoints/step-NNNNNN`: every node's part gathered, then published by an atomic rename; the
   `num_checkpoints_to_keep` best by eval loss kept by Ray, and the latest one, which a resume needs), result.json.
+- Remote run directories: `output_dir: s3://bucket/runs` (or gs://) puts all of it on object storage: Ray Train
+  writes the checkpoints through `RunConfig(storage_path=..., storage_filesystem=...)` (`forgekit.storage`), the
+  small files are one PUT each, rank 0 mirrors metrics.jsonl every `FORGEKIT_METRICS_SYNC_S` seconds (10) and at
+  evaluations, checkpoints and the end, and each worker uploads its `logs/rank-N.log` at the end. Remote data,
+  models and adapters are checked before Ray starts and copied once into each node's cache.
 - Resume: the same command with the same output dir continues from the last checkpoint (model, optimizer,
   scheduler, RNG, data position: the Trainer's own checkpoint format). Unset `run_name` is derived from
   the model and a hash of the config and data, so re-running the same command finds the same run.
@@ -72,7 +77,7 @@ def prepare_run(cfg: FinetuneConfig, *, cluster: dict[str, float] | None = None,
     Raises:
         ConfigError, DataError: every problem found (nothing was trained).
     """
-    from forgekit.checks import preflight, raise_problems
+    from forgekit.checks import check_plan, preflight, raise_problems
     from forgekit.errors import ForgekitError
     from forgekit.hardware import detect_hardware
     from forgekit.plan import make_plan
@@ -86,7 +91,10 @@ def prepare_run(cfg: FinetuneConfig, *, cluster: dict[str, float] | None = None,
         except ForgekitError as e:
             errors.append(e)
     raise_problems(errors)
-    return make_plan(cfg, hw, prepared)
+    plan = make_plan(cfg, hw, prepared)
+    for warning in check_plan(plan):
+        log.warning("forgekit: %s", warning)
+    return plan
 
 
 def run_name_for(cfg: FinetuneConfig, data_key: str) -> str:
@@ -237,6 +245,8 @@ def _prepare_run_dir(run_dir: str | Path, plan: Any) -> bool:
     already holds a finished run."""
     from forgekit import storage
 
+    if not storage.is_remote(run_dir):
+        _claim_run_dir(Path(run_dir))
     cfg_text = format_config(plan.resolved)
     config_file = storage.join(run_dir, "config.yaml")
     if storage.exists(config_file):
@@ -250,6 +260,100 @@ def _prepare_run_dir(run_dir: str | Path, plan: Any) -> bool:
     storage.write_text(storage.join(run_dir, "manifest.json"), json.dumps(plan.data.manifest, indent=2))
     plan.write(run_dir)
     return False
+
+
+# the run directories this process holds the lock of: {run dir: the open lock file}
+_RUN_DIR_LOCKS: dict[str, Any] = {}
+LOCK_FILE = ".forgekit.lock"
+
+
+def _claim_run_dir(run_dir: Path) -> None:
+    """Create the local run directory and take its lock, or a ConfigError that says why not (never a traceback).
+
+    The lock is an exclusive `flock` on `<run dir>/.forgekit.lock`, held while this process trains there: a second
+    `forgekit finetune` on the same directory is refused (two writers would log every metrics row twice and
+    delete each other's checkpoints). The kernel drops it when the process dies, so a killed run leaves no stale
+    lock. A later run of this same process (a notebook re-running a cell) takes it over.
+    """
+    import fcntl
+    import socket
+
+    from forgekit.config import RUN_NAME
+
+    if not RUN_NAME.fullmatch(run_dir.name) or run_dir.resolve().parent != run_dir.parent.resolve():
+        raise ConfigError([f"run_name: {run_dir.name!r} would put the run outside output_dir ({run_dir.parent})"])
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # output_dir (or a parent) is a file, or cannot be written
+        raise ConfigError([f"output_dir: cannot create the run directory {run_dir}: {e.strerror or e}"
+                           + (f" ({e.filename})" if e.filename and str(e.filename) != str(run_dir) else "")]) from None
+    held = _RUN_DIR_LOCKS.pop(str(run_dir), None)
+    if held is not None:
+        held.close()
+    try:
+        lock = open(run_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held open for the whole run
+    except OSError as e:
+        raise ConfigError([f"output_dir: cannot write in the run directory {run_dir}: {e.strerror or e}"]) from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise ConfigError([f"run_name: {run_dir} is in use by another forgekit finetune ({holder}); wait for it to "
+                           "end (then the same command resumes or returns its result), or choose another run_name"]) from None
+    lock.truncate(0)
+    lock.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    lock.flush()
+    _RUN_DIR_LOCKS[str(run_dir)] = lock
+
+
+def _release_run_dir(run_dir: str | Path) -> None:
+    """Give up the run directory's lock (`_claim_run_dir`), if this process holds it."""
+    lock = _RUN_DIR_LOCKS.pop(str(run_dir), None)
+    if lock is not None:
+        lock.close()
+
+
+def _fit(trainer: Any) -> Any:
+    """`trainer.fit()`, where Ctrl-C ends in a KeyboardInterrupt (the CLI: exit 130 and the command that resumes).
+
+    Ray Train 2.60 installs its own SIGINT handler inside `fit()` (`DataParallelTrainer._register_sigint_handler`),
+    which aborts the run and lets `fit()` return or raise as if it had failed. Chaining onto that handler records
+    the interrupt; forgekit's handler (Python's) is put back afterwards.
+    """
+    import signal
+    import threading
+
+    interrupted = threading.Event()
+    register = getattr(trainer, "_register_sigint_handler", None)
+    if register is not None:
+        def chained(controller: Any) -> None:
+            register(controller)
+            ray_handler = signal.getsignal(signal.SIGINT)
+
+            def handler(signum: int, frame: Any) -> None:
+                interrupted.set()
+                if callable(ray_handler):
+                    ray_handler(signum, frame)
+
+            signal.signal(signal.SIGINT, handler)
+
+        trainer._register_sigint_handler = chained
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main_thread else None
+    try:
+        result = trainer.fit()
+    except (Exception, SystemExit):  # Ray's handler may sys.exit(0) on a repeated Ctrl-C
+        if interrupted.is_set():
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted.is_set():
+        raise KeyboardInterrupt
+    return result
 
 
 def _strip_comments(text: str) -> str:
@@ -371,6 +475,7 @@ def finetune(
     run_dir = (storage.join(cfg.output_dir, run_name) if storage.is_remote(cfg.output_dir)
                else Path(cfg.output_dir).expanduser().resolve() / run_name)
     if _prepare_run_dir(run_dir, plan):
+        _release_run_dir(run_dir)
         log.info("%s already finished; its result:", run_dir)
         return {**json.loads(storage.read_text(storage.join(run_dir, "result.json"))), "run_dir": str(run_dir)}
 
@@ -404,12 +509,13 @@ def finetune(
     bar = _Progress(storage.join(run_dir, "metrics.jsonl"), progress)
     bar.start()
     try:
-        result = trainer.fit()
+        result = _fit(trainer)
     except Exception as e:  # Ray wraps worker failures; surface the worker's own message
         raise TrainingError(f"training failed in a worker: {_worker_error(e)}") from e
     finally:
         bar.stop.set()
         bar.join(timeout=5)
+        _release_run_dir(run_dir)
     if result.error is not None:
         raise TrainingError(f"training failed in a worker: {_worker_error(result.error)}")
     if storage.exists(storage.join(run_dir, DIVERGED)):
@@ -427,9 +533,14 @@ def _last_checkpoint(run_dir: str | Path) -> str | None:
 
     done = list_checkpoints(run_dir)
     if not storage.is_remote(run_dir):
+        for partial in (c for c in done if not (c / "trainer_state.json").is_file()):
+            log.warning("forgekit: ignoring %s: an incomplete checkpoint (the run was stopped while writing it)", partial)
         done = [c for c in done if (c / "trainer_state.json").is_file()]
     if done and not has_optimizer_state(done[-1]):
         raise ConfigError([cannot_resume(done[-1])])
+    if done:
+        step = str(done[-1]).rstrip("/").rsplit("step-", 1)[-1].lstrip("0") or "0"
+        log.info("forgekit: resuming from step %s (%s)", step, done[-1])
     return str(done[-1]) if done else None
 
 

@@ -140,8 +140,11 @@ def _model_and_levers(plan: Any, tokenizer: Any, bf16: bool, cpu_autocast: bool,
     if liger is None:
         # (not for preference runs: Liger's fused loss would replace the forward TRL fuses its output layer into)
         liger = on_gpu and cfg.task != "preference_tuning" and importlib.util.find_spec("liger_kernel") is not None
+    # a quantized base loads straight onto this worker's device (Ray Train set it)
+    device = torch.cuda.current_device() if on_gpu else "cpu"
     model, liger = m.load_model(cfg, tokenizer, torch.bfloat16 if bf16 else torch.float32, attn, liger,
-                                source=plan.model_path, context_length=plan.context_length, adapter=plan.adapter_path)
+                                source=plan.model_path, context_length=plan.context_length, adapter=plan.adapter_path,
+                                device=device, zero_stage=plan.zero_stage)
     if cfg.generation_config.stopping_sequences:  # saved with every checkpoint, where forgekit's generation reads them
         perf._base_model(model).generation_config.stop_strings = list(cfg.generation_config.stopping_sequences)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -243,23 +246,24 @@ def training_arguments(plan: Any, publisher: Any, bf16: bool, *, has_eval: bool,
     report_to, logging_dir = logger_setup(cfg, run_dir)
     if logging_dir:  # transformers 5 dropped TrainingArguments.logging_dir; its TensorBoard callback reads this
         os.environ["TENSORBOARD_LOGGING_DIR"] = logging_dir
-    return dict(
-        output_dir=str(publisher.staging), per_device_train_batch_size=plan.micro_batch,
-        per_device_eval_batch_size=plan.eval_batch, gradient_accumulation_steps=plan.accumulation,
-        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.num_warmup_steps,
-        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, neftune_noise_alpha=cfg.neftune_noise_alpha,
-        num_train_epochs=plan.num_epochs, max_steps=plan.total_steps, logging_steps=cfg.logging_steps,
-        eval_strategy="steps" if has_eval else "no", eval_steps=plan.eval_every, save_strategy="steps",
-        save_steps=plan.eval_every,
-        save_total_limit=1,  # staging only: Ray keeps the published checkpoints
-        eval_on_start=has_eval and not resumed,  # the baseline; a resumed run already has it
-        bf16=bf16, use_cpu=not plan.hardware.use_gpu,
-        gradient_checkpointing=False,  # set per layer (perf.set_activation_checkpointing)
-        optim=perf.fused_optimizer_name(plan.hardware.use_gpu), deepspeed=plan.deepspeed, seed=cfg.seed,
-        data_seed=cfg.seed, report_to=report_to, disable_tqdm=True, remove_unused_columns=False,
-        dataloader_num_workers=0, include_num_input_tokens_seen="all" if plan.packing else "non_padding",
-        save_only_model=not cfg.save_optimizer_state, ddp_find_unused_parameters=False,
-    )
+    return {
+        "output_dir": str(publisher.staging), "per_device_train_batch_size": plan.micro_batch,
+        "per_device_eval_batch_size": plan.eval_batch, "gradient_accumulation_steps": plan.accumulation,
+        "learning_rate": cfg.learning_rate, "lr_scheduler_type": cfg.lr_scheduler_type,
+        "warmup_steps": cfg.num_warmup_steps, "weight_decay": cfg.weight_decay, "max_grad_norm": cfg.max_grad_norm,
+        "neftune_noise_alpha": cfg.neftune_noise_alpha, "num_train_epochs": plan.num_epochs,
+        "max_steps": plan.total_steps, "logging_steps": cfg.logging_steps,
+        "eval_strategy": "steps" if has_eval else "no", "eval_steps": plan.eval_every, "save_strategy": "steps",
+        "save_steps": plan.eval_every,
+        "save_total_limit": 1,  # staging only: Ray keeps the published checkpoints
+        "eval_on_start": has_eval and not resumed,  # the baseline; a resumed run already has it
+        "bf16": bf16, "use_cpu": not plan.hardware.use_gpu,
+        "gradient_checkpointing": False,  # set per layer (perf.set_activation_checkpointing)
+        "optim": perf.fused_optimizer_name(plan.hardware.use_gpu), "deepspeed": plan.deepspeed, "seed": cfg.seed,
+        "data_seed": cfg.seed, "report_to": report_to, "disable_tqdm": True, "remove_unused_columns": False,
+        "dataloader_num_workers": 0, "include_num_input_tokens_seen": "all" if plan.packing else "non_padding",
+        "save_only_model": not cfg.save_optimizer_state, "ddp_find_unused_parameters": False,
+    }
 
 
 def trainer_callbacks(plan: Any, reporter: Any, rank: int, run_dir: Path) -> list:

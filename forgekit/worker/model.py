@@ -50,12 +50,27 @@ def trainer_class(cpu_autocast: bool, base: type | None = None) -> type:
 
 
 def load_model(cfg: Any, tokenizer: Any, dtype: Any, attn: str, liger: bool, *, source: str, context_length: int,
-               adapter: str | None = None) -> tuple[Any, bool]:
-    """Base (or stage-1 full weights) + optional context extension, Liger, label tokens and LoRA.
+               adapter: str | None = None, device: int | str = "cpu", zero_stage: int = 0) -> tuple[Any, bool]:
+    """Base (or stage-1 full weights) + optional context extension, Liger, label tokens and LoRA; with `quant_conf`
+    the base loads quantized by bitsandbytes straight onto `device` (this worker's GPU index, or "cpu": a
+    bitsandbytes model is never moved afterwards) and LoRA trains on it (QLoRA).
 
     Returns the model and whether Liger's kernels were applied (False where liger-kernel is missing or does
-    not know the architecture: `perf.apply_liger` warns)."""
+    not know the architecture: `perf.apply_liger` warns).
+
+    Raises:
+        ConfigError: this worker's device cannot run `quant_conf` (`forgekit.quantization.quantization_problems`).
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    from forgekit.quantization import bnb_config, quantization_problems
+
+    # the driver checked the installation and the CPU; a GPU worker checks its own GPU's kernels
+    problems = quantization_problems(cfg.quant_conf, use_gpu=device != "cpu", zero_stage=zero_stage)
+    if problems:
+        from forgekit.config import ConfigError
+
+        raise ConfigError(problems)
 
     model_config = AutoConfig.from_pretrained(source)
     model_max = getattr(model_config, "max_position_embeddings", None)
@@ -74,6 +89,9 @@ def load_model(cfg: Any, tokenizer: Any, dtype: Any, attn: str, liger: bool, *, 
         rope.update(cfg.rope_scaling)
         model_config.rope_parameters = rope
         extra["config"] = model_config
+    quant = bnb_config(cfg.quant_conf, compute_dtype=dtype)  # the 4-bit matmuls in the training dtype by default
+    if quant is not None:
+        extra.update(quantization_config=quant, device_map={"": device})
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn, **extra)
     model.config.use_cache = False
     if liger:
@@ -82,6 +100,12 @@ def load_model(cfg: Any, tokenizer: Any, dtype: Any, attn: str, liger: bool, *, 
         liger = apply_liger(model, **cfg.liger_kernel.kwargs)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    # QLoRA without peft's prepare_model_for_kbit_training: with use_gradient_checkpointing=False (forgekit
+    # checkpoints per layer itself, non-reentrant: no enable_input_require_grads needed) it only freezes the base,
+    # as get_peft_model does, and casts the unquantized weights (embeddings, output layer, norms) to fp32. That cast
+    # costs 2 bytes per such parameter (2.1 GB for Llama-3.1-8B's embeddings and output layer) for weights that
+    # stay frozen, and DeepSpeed's bf16 engine casts them back to bf16 anyway; here they keep the training dtype,
+    # as in a bf16 LoRA run. benchmarks/qlora.py measures both (variant "qlora-fp32-cast").
     if adapter:
         from peft import PeftModel
 

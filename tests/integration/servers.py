@@ -61,3 +61,47 @@ def serve(cmd: list[str], ready_url: str, log: Path, timeout: float = 180, env: 
         with contextlib.suppress(ProcessLookupError):  # children that ignored SIGTERM, or a stuck server
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+S3_SECRET = "forgekit-test-secret-key"  # the test server's secret key: never in a log, config.yaml or plan.json
+
+
+def aws_env(endpoint: str) -> dict[str, str]:
+    """The AWS variables that point s3fs (and so forgekit and Ray Train) at an S3 server, as a user points forgekit
+    at MinIO; nothing of the machine's own AWS setup, and no instance-metadata lookups off this machine."""
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "forgekit-test", "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+            "AWS_DEFAULT_REGION": "us-east-1", "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            "AWS_CONFIG_FILE": os.devnull, "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def fresh_s3fs() -> None:
+    """fsspec caches filesystems by their arguments, not by the environment: forget them after changing it."""
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@contextlib.contextmanager
+def moto_s3(log_dir: Path, bucket: str) -> Iterator[str]:
+    """`s3://<bucket>` on a fresh moto server (`moto_server`, next to this Python) on a free port, with the AWS
+    variables of this process (and of the processes it starts) pointing at it until the block ends."""
+    import sys
+
+    import pytest
+
+    from forgekit import storage
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in aws_env(endpoint).items():
+            mp.setenv(k, v)
+        fresh_s3fs()
+        try:
+            with serve([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+                       f"{endpoint}/moto-api/", log_dir / "moto.log", timeout=60):
+                fs, _ = storage.filesystem(f"s3://{bucket}")
+                fs.mkdir(bucket)
+                yield f"s3://{bucket}"
+        finally:
+            fresh_s3fs()

@@ -7,55 +7,26 @@ MinIO: `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`), create
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
 
 from forgekit import storage
 from forgekit.data import DataError, read_examples
-from tests.integration.servers import free_port, serve
+from tests.integration.servers import S3_SECRET as SECRET
+from tests.integration.servers import free_port, moto_s3
+from tests.integration.servers import fresh_s3fs as _fresh_s3fs
 
 pytest.importorskip("s3fs")
 
-SECRET = "forgekit-test-secret-key"
 BUCKET = "forgekit-test"
-
-
-def _aws_env(endpoint: str) -> dict[str, str]:
-    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "forgekit-test", "AWS_SECRET_ACCESS_KEY": SECRET,
-            "AWS_DEFAULT_REGION": "us-east-1",
-            # nothing of the machine's own AWS setup, and no instance-metadata lookups off this machine
-            "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_CONFIG_FILE": os.devnull,
-            "AWS_EC2_METADATA_DISABLED": "true"}
-
-
-def _fresh_s3fs() -> None:
-    """fsspec caches filesystems by their arguments, not by the environment: forget them after changing it."""
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory) -> str:
     """`s3://<bucket>` on a fresh moto server; the AWS variables point at it for the module."""
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in _aws_env(endpoint).items():
-            mp.setenv(k, v)
-        _fresh_s3fs()
-        try:
-            with serve([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-                       f"{endpoint}/moto-api/", log, timeout=60):
-                fs, _ = storage.filesystem(f"s3://{BUCKET}")
-                fs.mkdir(BUCKET)
-                yield f"s3://{BUCKET}"
-        finally:
-            _fresh_s3fs()
+    with moto_s3(tmp_path_factory.mktemp("moto"), BUCKET) as url:
+        yield url
 
 
 @pytest.fixture

@@ -100,7 +100,7 @@ def test_validate_default_mode_and_dotted_overrides(workdir, capsys):
             [],
             ["unknown built-in format 'chatmll'", "did you mean 'chatml'?"],
         ),
-        ("", ["model_id=/no/such/model"], ["model_id: /no/such/model: cannot load its tokenizer"]),
+        ("", ["model_id=/no/such/model"], ["model_id: /no/such/model: directory not found"]),
         ("", ["train_path=mydata/train.jsonl"], ["mydata/train.jsonl: file not found"]),  # not a HF dataset name
         ("", ["deepspeed.config_path=/no/such/ds.json"], ["deepspeed.config_path: /no/such/ds.json not found"]),
     ],
@@ -141,7 +141,7 @@ def test_validate_reports_the_model_the_data_and_the_deepspeed_file_at_once(work
     code, _, err = run(capsys, "validate", cfg)
     assert code == 2 and "Traceback" not in err
     for fragment in (f"deepspeed.config_path: {workdir / 'nope.json'} not found",
-                     f"model_id: {workdir / 'no-model'}: cannot load its tokenizer",
+                     f"model_id: {workdir / 'no-model'}: a directory without config.json",
                      f"{data}:7: invalid JSON", f"{workdir / 'missing.jsonl'}: file not found"):
         assert fragment in err, (fragment, err)
     assert "4 problem(s)" in err

@@ -118,7 +118,7 @@ def test_missing_and_empty_files(tmp_path):
     with pytest.raises(DataError, match="a directory, not a data file"):  # not IsADirectoryError's traceback
         read_examples(str(tmp_path))
     (tmp_path / "binary.jsonl").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
-    with pytest.raises(DataError, match=r"binary.jsonl: not UTF-8 text \(byte 0"):
+    with pytest.raises(DataError, match=r"binary.jsonl:1: not UTF-8 text \(byte 0x89 at column 1"):
         read_examples(str(tmp_path / "binary.jsonl"))
 
 
