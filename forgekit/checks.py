@@ -273,7 +273,7 @@ def _check_model_config(cfg: FinetuneConfig, key: str, value: str, config_file: 
 
 def _context_problems(cfg: FinetuneConfig, conf: dict) -> list[str]:
     """A context past the model's maximum: only with RoPE positions, and a rope_scaling factor that covers it."""
-    model_max, ctx = conf.get("max_position_embeddings"), cfg.context_length
+    model_max, ctx = conf.get("max_position_embeddings") or conf.get("n_positions"), cfg.context_length
     if not (model_max and ctx and ctx > model_max):
         return []
     if not any(k in conf for k in ("rope_theta", "rope_parameters", "rope_scaling")):
@@ -293,7 +293,7 @@ def rope_extension(cfg: FinetuneConfig) -> str | None:
         conf = json.loads((found / "config.json").read_text()) if found else {}
     except (OSError, ValueError):
         return None
-    model_max, ctx = conf.get("max_position_embeddings"), cfg.context_length
+    model_max, ctx = conf.get("max_position_embeddings") or conf.get("n_positions"), cfg.context_length
     if not (model_max and ctx and ctx > model_max):
         return None
     scaling = cfg.rope_scaling or {"rope_type": "linear", "factor": ctx / model_max}
@@ -376,7 +376,13 @@ def check_tokenizer(cfg: FinetuneConfig, hw: Hardware) -> None:
     from forgekit.prepare import load_tokenizer
 
     check_model(cfg, hw)
-    load_tokenizer(cfg)
+    try:
+        load_tokenizer(cfg)
+    except ConfigError as e:  # a typo of an embedded model's name reads as a Hub id: say which name was meant
+        hint = "" if cfg.initial_base_model_ckpt_path else _embedded_hint(cfg.model_id)
+        if not hint:
+            raise
+        raise ConfigError([p + hint for p in e.problems]) from None
 
 
 def check_data(cfg: FinetuneConfig, hw: Hardware) -> None:
