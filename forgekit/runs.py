@@ -87,9 +87,10 @@ def list_checkpoints(run_dir: str | Path) -> list[Path] | list[str]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
 
 
-def run_dir_of(run: str | Path | Mapping[str, Any]) -> Path:
-    """A run directory, or the `run_dir` of a `finetune` result."""
-    return Path(run["run_dir"]) if isinstance(run, Mapping) else Path(run)
+def run_dir_of(run: str | Path | Mapping[str, Any]) -> str | Path:
+    """A run directory, or the `run_dir` of a `finetune` result: a Path, or the URL of a remote one (s3://...)."""
+    run = run["run_dir"] if isinstance(run, Mapping) else run
+    return run if isinstance(run, str) and "://" in run else Path(run)
 
 
 # ------------------------------------------------------------------------------- sizes, throughput, summaries

@@ -72,7 +72,8 @@ def load_model(cfg: Any, tokenizer: Any, dtype: Any, attn: str, liger: bool, *, 
 
         raise ConfigError(problems)
 
-    model_config = AutoConfig.from_pretrained(source)
+    remote_code = cfg.trust_remote_code  # a model with custom code needs it; checked on the driver (forgekit.checks)
+    model_config = AutoConfig.from_pretrained(source, trust_remote_code=remote_code)
     model_max = getattr(model_config, "max_position_embeddings", None)
     extra: dict[str, Any] = {}
     if model_max and context_length > model_max:
@@ -92,7 +93,8 @@ def load_model(cfg: Any, tokenizer: Any, dtype: Any, attn: str, liger: bool, *, 
     quant = bnb_config(cfg.quant_conf, compute_dtype=dtype)  # the 4-bit matmuls in the training dtype by default
     if quant is not None:
         extra.update(quantization_config=quant, device_map={"": device})
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn, **extra)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn,
+                                                 trust_remote_code=remote_code, **extra)
     model.config.use_cache = False
     if liger:
         from forgekit.perf import apply_liger
