@@ -1,6 +1,7 @@
 """The `forgekit` command: validate, preview-data, finetune, merge, export, models, generate and the rest.
 
-The Silogen engine's names work too: `sft` (finetune), `merge-adapter BASE ADAPTER OUT` (merge), `--logging-level`.
+The Silogen engine's names work too: `sft` and `dpo` (finetune with the task fixed), `merge-adapter BASE ADAPTER OUT`
+(merge), `--logging-level`, and `--mlflow-server-uri`, `--experiment-name`, `--hf-mlflow-log-artifacts`.
 
 Every subcommand that takes a config also takes dotted overrides after it (`learning_rate=2e-4
 lora_config.r=16`). Config and data problems print one report and exit with code 2, never a traceback
@@ -86,10 +87,27 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tracking_overrides(args: argparse.Namespace) -> list[str]:
+    """The Silogen engine's tracking options as dotted overrides: of the config's `logger` section when it has one,
+    else of the `tracking:` section (which becomes `logger: {provider: mlflow, ...}`)."""
+    flags = {"mlflow_server_uri": args.mlflow_server_uri, "experiment_name": args.experiment_name,
+             "hf_mlflow_log_artifacts": args.hf_mlflow_log_artifacts}
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if not flags:
+        return []
+    from forgekit.silogen import config_has_key
+
+    if config_has_key(args.config, "logger"):
+        names = {"mlflow_server_uri": "tracking_uri"}
+        return ["logger.provider=mlflow"] + [f"logger.provider_config.{names.get(k, k)}={v}" for k, v in flags.items()]
+    return [f"tracking.{k}={v}" for k, v in flags.items()]
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     from forgekit.train import finetune
 
-    result = finetune(args.config, args.overrides, default=args.default, address=args.address)
+    overrides = [*_tracking_overrides(args), *args.overrides]  # options first: a dotted override wins
+    result = finetune(args.config, overrides, default=args.default, address=args.address)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
@@ -143,14 +161,28 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sft(args: argparse.Namespace) -> int:
+def cmd_sft(args: argparse.Namespace, task: str = "instruction_tuning") -> int:
     """The Silogen engine's `sft CONFIG`: finetune, the task instruction_tuning unless the config names one."""
     if not any(o.split("=", 1)[0].strip() == "task" for o in args.overrides):
         from forgekit.silogen import config_names_task
 
         if not config_names_task(args.config):
-            args.overrides = ["task=instruction_tuning", *args.overrides]
+            args.overrides = [f"task={task}", *args.overrides]
     return cmd_finetune(args)
+
+
+def cmd_dpo(args: argparse.Namespace) -> int:
+    """The Silogen engine's `dpo CONFIG`: finetune with task preference_tuning unless the config names a task."""
+    return cmd_sft(args, task="preference_tuning")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else local)")
+    p.add_argument("--mlflow-server-uri", default=None, help="MLflow tracking server (the Silogen engine's option; "
+                   "= tracking.mlflow_server_uri)")
+    p.add_argument("--experiment-name", default=None, help="MLflow experiment (= tracking.experiment_name)")
+    p.add_argument("--hf-mlflow-log-artifacts", default=None, choices=["true", "false"],
+                   help="log checkpoints to MLflow as artifacts (= tracking.hf_mlflow_log_artifacts)")
 
 
 def _add_merge_options(p: argparse.ArgumentParser) -> None:
@@ -184,14 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finetune", help="fine-tune: Ray Train + DeepSpeed, writes a run directory")
     _add_config_args(p)
-    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else local)")
+    _add_run_options(p)
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("sft", help="the Silogen engine's sft: finetune with task instruction_tuning (unless the "
                        "config names a task)")
     _add_config_args(p)
-    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else local)")
+    _add_run_options(p)
     p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("dpo", help="the Silogen engine's dpo: finetune with task preference_tuning (unless the "
+                       "config names a task)")
+    _add_config_args(p)
+    _add_run_options(p)
+    p.set_defaults(func=cmd_dpo)
 
     p = sub.add_parser("merge", help="merge a LoRA checkpoint into its base model (or re-save full weights) for serving")
     p.add_argument("checkpoint", help="a checkpoint directory, e.g. runs/<run>/checkpoints/step-000100")

@@ -106,13 +106,18 @@ def _example(key: str, section: Any) -> str:
     return ""
 
 
-def config_names_task(config: str | Path) -> bool:
-    """Whether the YAML file `config` sets `task` (or `classifier_config`, which implies it), for `forgekit sft`.
-    A file that cannot be read counts as not naming it; loading it reports why."""
+def config_has_key(config: str | Path, *keys: str) -> bool:
+    """Whether the YAML file `config` has any of these top-level keys. A file that cannot be read counts as not
+    having them; loading it reports why."""
     import yaml
 
     try:
         data = yaml.safe_load(Path(config).read_text())
     except (OSError, yaml.YAMLError):
         return False
-    return isinstance(data, dict) and ("task" in data or "classifier_config" in data)
+    return isinstance(data, dict) and any(k in data for k in keys)
+
+
+def config_names_task(config: str | Path) -> bool:
+    """Whether the YAML file `config` sets `task` (or `classifier_config`, which implies it), for `forgekit sft`."""
+    return config_has_key(config, "task", "classifier_config")

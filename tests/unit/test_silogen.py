@@ -72,6 +72,35 @@ def test_sft_fixes_the_task_unless_the_config_names_one(tmp_path, monkeypatch):
     assert seen == [["task=instruction_tuning", "learning_rate=1e-4"], [], ["task=causal_lm"]]
 
 
+def test_dpo_fixes_the_task_and_the_tracking_options_become_overrides(tmp_path, monkeypatch):
+    """`forgekit dpo` is finetune with task preference_tuning; --mlflow-server-uri, --experiment-name and
+    --hf-mlflow-log-artifacts set the tracking section (or the logger section the config has), and the config
+    they make validates to an MLflow logger with those values."""
+    from forgekit import cli
+    from forgekit.config import load_config
+
+    import forgekit.train
+
+    seen = []
+    monkeypatch.setattr(forgekit.train, "finetune", lambda config, overrides, **kw: seen.append(list(overrides)) or {})
+    plain, logged = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    plain.write_text(yaml.safe_dump({"model_id": "m", "train_path": "t.jsonl"}))
+    logged.write_text(yaml.safe_dump({"model_id": "m", "train_path": "t.jsonl",
+                                      "logger": {"provider": "mlflow", "provider_config": {"experiment_name": "x"}}}))
+    flags = ["--mlflow-server-uri", "http://127.0.0.1:5000", "--experiment-name", "exp", "--hf-mlflow-log-artifacts",
+             "true"]
+    assert cli.main(["dpo", str(plain), *flags]) == 0
+    assert cli.main(["finetune", str(logged), "--experiment-name", "exp2"]) == 0
+    assert seen[0] == ["tracking.mlflow_server_uri=http://127.0.0.1:5000", "tracking.experiment_name=exp",
+                       "tracking.hf_mlflow_log_artifacts=true", "task=preference_tuning"]
+    assert seen[1] == ["logger.provider=mlflow", "logger.provider_config.experiment_name=exp2"]
+    cfg = load_config(plain, seen[0][:3])
+    assert cfg.logger.provider == "mlflow"
+    assert cfg.logger.provider_config["tracking_uri"] == "http://127.0.0.1:5000"
+    assert cfg.logger.provider_config["experiment_name"] == "exp"
+    assert load_config(logged, seen[1]).logger.provider_config["experiment_name"] == "exp2"
+
+
 def test_logging_level(monkeypatch, capsys):
     from forgekit import cli
 
