@@ -185,3 +185,41 @@ def test_bad_pairs_stop_the_run_before_any_worker(ray_cluster, tiny_model_dir, d
         train(config(tiny_model_dir, data, tmp_path / "runs", train_path=bad))
     assert f"{bad}:3: 'chosen' has no assistant turn at its end" in str(e.value)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("metrics.jsonl"))
+
+
+def test_a_dpo_worker_lost_after_a_checkpoint_resumes_to_the_uninterrupted_losses(ray_cluster, tiny_model_dir, data,
+                                                                                   tmp_path):
+    """Ray's FailureConfig (max_failures 1): the worker dies after step 3's checkpoint; the restarted worker resumes
+    from it (adapter, optimizer, RNG, data position, cached reference log-probs) and steps 4-6 log the losses of a
+    run that was never interrupted."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from forgekit.config import load_config
+    from forgekit.train import finetune
+
+    every = {"max_steps": 6, "checkpoint_and_evaluation_frequency": {"unit": "steps", "frequency": 3}}
+    reference = finetune(load_config(config(tiny_model_dir, data, tmp_path / "ref", lora_config=LORA, **every)),
+                         progress=False)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(config(tiny_model_dir, data, tmp_path / "runs", lora_config=LORA, **every)))
+    env = {**os.environ, "FORGEKIT_MAX_FAILURES": "1", "FORGEKIT_FAULTS": "die_after_step=3"}
+    env.pop("RAY_ADDRESS", None)  # its own cluster, whose workers inherit the variables
+    proc = subprocess.run([sys.executable, "-m", "forgekit.cli", "finetune", str(path)], cwd=tmp_path, env=env,
+                          text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = [p.parent for p in (tmp_path / "runs").rglob("result.json")]
+    assert (run_dir / ".forgekit-test-died").exists(), "the worker was meant to die once"
+
+    def losses(run: Path, kind: str, key: str) -> dict[int, float]:
+        return {r["step"]: r[key] for r in read_metrics(run, kind)}
+
+    want, got = losses(Path(reference["run_dir"]), "train", "loss"), losses(run_dir, "train", "loss")
+    assert sorted(got) == sorted(want) == [1, 2, 3, 4, 5, 6]
+    for step in range(1, 7):
+        assert got[step] == pytest.approx(want[step], abs=1e-5), (step, got, want)
+    want_eval, got_eval = (losses(r, "eval", "eval_loss") for r in (Path(reference["run_dir"]), run_dir))
+    assert got_eval[6] == pytest.approx(want_eval[6], abs=1e-5), (got_eval, want_eval)

@@ -76,10 +76,9 @@ def test_dpo_fixes_the_task_and_the_tracking_options_become_overrides(tmp_path, 
     """`forgekit dpo` is finetune with task preference_tuning; --mlflow-server-uri, --experiment-name and
     --hf-mlflow-log-artifacts set the tracking section (or the logger section the config has), and the config
     they make validates to an MLflow logger with those values."""
+    import forgekit.train
     from forgekit import cli
     from forgekit.config import load_config
-
-    import forgekit.train
 
     seen = []
     monkeypatch.setattr(forgekit.train, "finetune", lambda config, overrides, **kw: seen.append(list(overrides)) or {})
