@@ -7,6 +7,7 @@ through `forgekit.train.finetune` on one CPU Ray worker.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from forgekit.config import ConfigError, load_config
 from forgekit.tracking import check_logger, logger_env, logger_setup
 from tests.integration.servers import free_port, serve
+from tests.integration.tracking_runs import finetune_config, run_finetune
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -39,10 +41,13 @@ def mlflow_server(tmp_path_factory) -> str:
 @pytest.fixture
 def clean_env(monkeypatch):
     """No MLflow variable of the caller's environment leaks in, and none set by a test leaks out."""
+    before = dict(os.environ)  # logger_setup sets the providers' variables in this process, as on a worker
     for key in TRACKING_VARIABLES:
         monkeypatch.delenv(key, raising=False)
     yield monkeypatch
     mlflow.end_run()  # a run a failed test left active would be reused by the next one
+    os.environ.clear()
+    os.environ.update(before)
 
 
 def _cfg(tmp_path: Path, **extra):
@@ -165,31 +170,65 @@ def test_an_unreachable_server_is_an_early_error_without_the_password(tmp_path, 
         check_logger(cfg)
 
 
+def _same_series(client, run_id: str, rows: list[dict], key: str) -> None:
+    """The MLflow metric `key`'s history is metrics.jsonl's column of it, step for step."""
+    history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+    assert [m.step for m in history] == [r["step"] for r in rows], key
+    assert [m.value for m in history] == pytest.approx([r[key] for r in rows], rel=1e-6, abs=1e-9), key
+
+
 def test_finetune_reports_its_run_to_the_server(mlflow_server, tiny_model_dir, tmp_path, clean_env):
-    """Through the launcher: one CPU Ray worker, whose logger_setup sets the variables in the worker process."""
-    import ray
-
-    from forgekit.examples.sample_data import write_quickstart_dataset
+    """Through the launcher: one CPU Ray worker, whose logger_setup sets the variables in the worker process; the
+    per-step metrics are metrics.jsonl's, the params include the plan's numbers (plan.json)."""
     from forgekit.runs import read_metrics
-    from forgekit.train import finetune
 
-    data = write_quickstart_dataset(tmp_path / "data", n_train=8, n_valid=4, n_test=1)
-    cfg = {"model_id": str(tiny_model_dir), "train_path": str(data["train"]), "valid_path": str(data["valid"]),
-           "context_length": 256, "num_devices": 1, "train_batch_size_per_device": 4,
-           "gradient_accumulation_steps": 1, "max_steps": 3, "learning_rate": 1e-3, "num_warmup_steps": 0,
-           "lr_scheduler_type": "constant", "lora_config": {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"},
-           "checkpoint_and_evaluation_frequency": {"unit": "steps", "frequency": 3},
-           "output_dir": str(tmp_path / "runs"),
-           "logger": {"provider": "mlflow", "provider_config": {"tracking_uri": mlflow_server,
-                                                                "experiment_name": "fk-finetune"}}}
-    try:
-        result = finetune(load_config(cfg), progress=False)
-    finally:
-        ray.shutdown()
+    logger = {"provider": "mlflow", "provider_config": {"tracking_uri": mlflow_server, "experiment_name": "fk-finetune"}}
+    result = run_finetune(finetune_config(tiny_model_dir, tmp_path, logger))
     client, runs = _runs(mlflow_server, "fk-finetune")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    train_rows = read_metrics(result["run_dir"], "train")
-    losses = sorted(client.get_metric_history(runs[0].info.run_id, "loss"), key=lambda m: m.step)
-    assert [m.step for m in losses] == [r["step"] for r in train_rows]
-    assert [m.value for m in losses] == pytest.approx([r["loss"] for r in train_rows], abs=1e-4)
-    assert client.get_metric_history(runs[0].info.run_id, "eval_loss")
+    run_id, run_dir = runs[0].info.run_id, Path(result["run_dir"])
+    assert (run_dir / "mlflow_run_id").read_text().strip() == run_id
+    train_rows, eval_rows = read_metrics(run_dir, "train"), read_metrics(run_dir, "eval")
+    assert [r["step"] for r in train_rows] == [1, 2, 3] and [r["step"] for r in eval_rows] == [0, 3]
+    for key in ("loss", "learning_rate", "grad_norm"):
+        _same_series(client, run_id, train_rows, key)
+    _same_series(client, run_id, eval_rows, "eval_loss")
+
+    plan = json.loads((run_dir / "plan.json").read_text())
+    params = runs[0].data.params
+    for section in ("batch", "schedule"):
+        for key, value in plan[section].items():
+            assert params[f"plan.{section}.{key}"] == str(value), (section, key)
+    assert params["plan.precision"] == plan["precision"] == "fp32"
+    assert params["plan.batch.total_batch"] == "4" and params["plan.schedule.total_steps"] == "3"
+    assert params["plan.data.context_length"] == str(plan["data"]["context_length"])
+    assert params["plan.derived"] == ",".join(plan["derived"])
+
+
+def test_a_resumed_finetune_continues_the_same_mlflow_run(mlflow_server, tiny_model_dir, tmp_path, clean_env):
+    """The worker dies after step 2's checkpoint (FORGEKIT_FAULTS); Ray restarts it, the session resumes from that
+    checkpoint and reports to the first session's MLflow run: one run, each step logged once, eval_on_start's
+    param unchanged (MLflow would reject a changed one)."""
+    from forgekit.runs import read_metrics
+
+    clean_env.setenv("FORGEKIT_FAULTS", "die_after_step=2")
+    clean_env.setenv("FORGEKIT_MAX_FAILURES", "1")
+    logger = {"provider": "mlflow", "provider_config": {"tracking_uri": mlflow_server, "experiment_name": "fk-resume"}}
+    cfg = finetune_config(tiny_model_dir, tmp_path, logger, max_steps=4,
+                          checkpoint_and_evaluation_frequency={"unit": "steps", "frequency": 2})
+    result = run_finetune(cfg)
+    run_dir = Path(result["run_dir"])
+    assert (run_dir / ".forgekit-test-died").exists(), "the worker was meant to die once"
+    client, runs = _runs(mlflow_server, "fk-resume")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert (run_dir / "mlflow_run_id").read_text().strip() == runs[0].info.run_id
+    assert runs[0].data.params["eval_on_start"] == "True"
+    train_rows = read_metrics(run_dir, "train")
+    assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
+    losses = client.get_metric_history(runs[0].info.run_id, "loss")
+    # steps 1-2 from the first session, 3-4 from the resumed one (a step after the checkpoint may be logged twice)
+    last = {m.step: m.value for m in sorted(losses, key=lambda m: m.timestamp)}
+    assert sorted(last) == [1, 2, 3, 4]
+    assert [last[s] for s in range(1, 5)] == pytest.approx([r["loss"] for r in train_rows], rel=1e-6)
+    evals = client.get_metric_history(runs[0].info.run_id, "eval_loss")
+    assert sorted(m.step for m in evals) == [r["step"] for r in read_metrics(run_dir, "eval")] == [0, 2, 4]
