@@ -21,11 +21,16 @@ __all__ = ["markdown_table", "metric_series", "plot_bars", "plot_lines", "plot_l
 
 _KIND = {"loss": "train", "learning_rate": "train", "grad_norm": "train", "tokens_per_second": "train",
          "mfu": "train", "peak_memory_gb": "train", "eval_loss": "eval", "perplexity": "eval",
-         "eval_accuracy": "eval"}
+         "eval_accuracy": "eval",
+         **{f"{pre}rewards/{k}": kind for pre, kind in (("", "train"), ("eval_", "eval"))
+            for k in ("chosen", "rejected", "accuracies", "margins")}}
 _LABEL = {"loss": "training loss", "eval_loss": "eval loss", "learning_rate": "learning rate",
           "grad_norm": "gradient norm", "tokens_per_second": "real tokens / s", "mfu": "MFU",
           "peak_memory_gb": "peak GPU memory (GB)", "perplexity": "eval perplexity",
-          "eval_accuracy": "eval accuracy", "step": "optimizer step", "tokens": "training tokens seen"}
+          "eval_accuracy": "eval accuracy", "step": "optimizer step", "tokens": "training tokens seen",
+          **{f"{pre}rewards/{k}": f"{where} {what}" for pre, where in (("", "training"), ("eval_", "eval"))
+             for k, what in (("chosen", "reward, chosen"), ("rejected", "reward, rejected"),
+                             ("accuracies", "reward accuracy"), ("margins", "reward margin"))}}
 
 
 def metric_series(run: str | Path | Mapping[str, Any], metric: str, x: str = "step") -> tuple[list[float], list[float]]:

@@ -33,7 +33,8 @@ from urllib.parse import urlsplit, urlunsplit
 from forgekit.config import ConfigError, FinetuneConfig
 from forgekit.storage import redact
 
-__all__ = ["check_logger", "logger_env", "logger_setup", "mlflow_disabled", "provider", "tracking_uri_key"]
+__all__ = ["MLFLOW_RUN_ID_FILE", "check_logger", "continue_mlflow_run", "logger_env", "logger_setup",
+           "mlflow_disabled", "plan_params", "provider", "tracking_uri_key"]
 
 log = logging.getLogger("forgekit")
 
@@ -42,6 +43,11 @@ TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
 # provider_config keys whose variable is not <PROVIDER>_<KEY>
 SPECIAL_VARIABLES = {("wandb", "group"): "WANDB_RUN_GROUP", ("mlflow", "hf_mlflow_log_artifacts"): "HF_MLFLOW_LOG_ARTIFACTS",
                      ("mlflow", "log_artifacts"): "HF_MLFLOW_LOG_ARTIFACTS"}
+# rank 0 writes the MLflow run's id here (in the run directory): a resumed run continues that MLflow run
+MLFLOW_RUN_ID_FILE = "mlflow_run_id"
+# plan.json's sections logged as MLflow params (`plan.<section>.<key>`), and its top-level values
+PLAN_SECTIONS = ("batch", "schedule")
+PLAN_VALUES = ("precision", "pad_to_multiple_of", "derived")
 
 
 def mlflow_disabled(environ: Mapping[str, str] | None = None) -> bool:
@@ -165,3 +171,27 @@ def _unreachable(uri: str, timeout: float) -> str | None:
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         return getattr(reason, "strerror", None) or str(reason) or type(e).__name__
+
+
+def plan_params(plan_json: Mapping[str, Any]) -> dict[str, str]:
+    """The MLflow params of a run's plan (`Plan.to_json()`, plan.json's content): its batch and schedule numbers,
+    the data's context length and packing, precision and the derived config keys, as MLflow stores them (strings;
+    lists joined by commas)."""
+    out = {f"plan.{section}.{key}": value for section in PLAN_SECTIONS for key, value in plan_json[section].items()}
+    out.update({f"plan.data.{key}": plan_json["data"][key] for key in ("context_length", "packing", "train_rows")})
+    out.update({f"plan.{key}": plan_json[key] for key in PLAN_VALUES})
+    return {key: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v) for key, v in out.items()}
+
+
+def continue_mlflow_run(run_dir: str | Path) -> str | None:
+    """On each worker of a resumed run: set `MLFLOW_RUN_ID` to the id rank 0 saved in the run directory (local or
+    remote), so that transformers' MLflowCallback continues that MLflow run; the id, or None (no MLflow run yet)."""
+    from forgekit import storage
+
+    path = storage.join(run_dir, MLFLOW_RUN_ID_FILE)
+    if not storage.exists(path):
+        return None
+    run_id = storage.read_text(path).strip()
+    os.environ["MLFLOW_RUN_ID"] = run_id
+    return run_id
+

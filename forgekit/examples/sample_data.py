@@ -4,7 +4,7 @@ No third-party data: every example is built from templates and word lists in thi
 is derived from its question by fixed rules, so a small model can learn the task in minutes while the
 base model cannot produce it unprompted.
 
-Three datasets, all OpenAI chat JSONL (`{"messages": [{"role": ..., "content": ...}, ...]}`):
+Four datasets, all OpenAI chat JSONL (the preference set also as prompt/chosen/rejected pairs) (`{"messages": [{"role": ..., "content": ...}, ...]}`):
 
 - **Support tickets** (`write_quickstart_dataset`, task `instruction_tuning`): a customer message to the
   support desk of a fictional outdoor-gear shop (Northwind Outfitters) → a one-line JSON ticket in the
@@ -15,6 +15,10 @@ Three datasets, all OpenAI chat JSONL (`{"messages": [{"role": ..., "content": .
   before/after generation demo; `score_ticket` grades a generated ticket field by field.
 - **Ticket routing** (`write_classification_dataset`, task `classification`): the same kind of messages,
   answered with one label token such as `[[delivery]]` (see `CLASSIFICATION_LABEL_TOKENS`).
+- **Support replies** (`write_preference_dataset`, task `preference_tuning`): the same customer messages,
+  each with a reply in the house format (a greeting, numbered steps, the shop's sign-off) as the chosen
+  answer and the same content as one plain sentence as the rejected one; `is_house_format` checks a
+  generated reply for that format.
 - **Knowledge-base articles** (`write_pretraining_dataset`, task `causal_lm`): short product care and
   policy articles as raw text in a single `user` message, for continued pre-training.
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +38,14 @@ from forgekit.convert import write_jsonl
 __all__ = [
     "CATEGORIES",
     "CLASSIFICATION_LABEL_TOKENS",
+    "HOUSE_SIGN_OFF",
     "TICKET_FIELDS",
+    "is_house_format",
     "make_ticket_example",
     "score_ticket",
     "split_prompt",
     "write_classification_dataset",
+    "write_preference_dataset",
     "write_pretraining_dataset",
     "write_quickstart_dataset",
 ]
@@ -367,6 +375,79 @@ def write_classification_dataset(
     rows = [{"messages": m} for _, m in pairs]
     train, valid, _ = _split(rows, n_train, n_valid)
     return _write_splits(out_dir, {"train": train, "valid": valid})
+
+
+HOUSE_SIGN_OFF = f"Best regards,\n{SHOP} Support"
+_REPLY_SYSTEM = f"You are the support desk assistant of {SHOP}. Reply to the customer."
+_FOLLOW_UP = {"urgent": "today", "high": "within 1 working day", "normal": "within 2 working days",
+              "low": "within 3 working days"}
+
+
+def _replies(ticket: dict[str, Any]) -> tuple[str, str]:
+    """(house-format reply, plain one-sentence reply) with the same content: the next step and when to expect it."""
+    when = _FOLLOW_UP[ticket["priority"]]
+    ref = f" for order {ticket['order_id']}" if ticket["order_id"] else ""
+    steps = [f"We will {ticket['next_step']}{ref}.", f"You will hear from us {when}.",
+             "Reply to this email if anything changes."]
+    greeting = f"Hi {ticket['customer']}," if ticket["customer"] else "Hello,"
+    house = "\n".join([greeting, *(f"{i}. {s}" for i, s in enumerate(steps, 1)), HOUSE_SIGN_OFF])
+    plain = f"We will {ticket['next_step']}{ref} and you will hear from us {when}."
+    return house, plain
+
+
+def is_house_format(reply: str) -> bool:
+    """True when a reply follows the support house format: numbered steps 1. and 2. on their own lines, in that
+    order, and `HOUSE_SIGN_OFF` at the end."""
+    lines = [line.strip() for line in reply.strip().splitlines()]
+    numbered = [line.split(".", 1)[0] for line in lines if re.match(r"^\d+\. \S", line)]
+    return numbered[:2] == ["1", "2"] and "\n".join(lines).endswith(HOUSE_SIGN_OFF)
+
+
+def write_preference_dataset(
+    out_dir: str | Path,
+    n_train: int = 200,
+    n_valid: int = 40,
+    n_test: int = 20,
+    seed: int = 0,
+) -> dict[str, str]:
+    """Write the support-reply preference set (task `preference_tuning`) and its SFT view.
+
+    Every prompt is a system message and a distinct customer message (the support-ticket generator's); the
+    chosen reply follows the house format (greeting, numbered steps, `HOUSE_SIGN_OFF`), the rejected one says
+    the same in one plain sentence. Files written:
+
+    - `train.jsonl`, `valid.jsonl`: TRL conversational pairs `{"prompt", "chosen", "rejected"}`.
+    - `sft_train.jsonl`, `sft_valid.jsonl`: the same prompts with the chosen reply, as `{"messages": [...]}`.
+    - `test.jsonl`: held-out prompts with the chosen reply as reference (`split_prompt`), for generations.
+
+    Args:
+        out_dir: folder to write into (created if missing).
+        n_train: training pairs (and SFT examples).
+        n_valid: validation pairs (held-out reward accuracy) and SFT validation examples.
+        n_test: held-out prompts for generation.
+        seed: random seed; the same arguments give byte-identical files.
+
+    Returns:
+        {"train", "valid", "sft_train", "sft_valid", "test"} → path strings.
+    """
+    _check_counts(n_train=n_train, n_valid=n_valid, n_test=n_test)
+    rng = random.Random(seed)
+
+    def draw(r: random.Random) -> tuple[str, dict]:
+        text, ticket = make_ticket_example(r)
+        house, plain = _replies(ticket)
+        prompt = [{"role": "system", "content": _REPLY_SYSTEM}, {"role": "user", "content": text}]
+        return text, {"prompt": prompt, "chosen": [{"role": "assistant", "content": house}],
+                      "rejected": [{"role": "assistant", "content": plain}]}
+
+    pairs = [p for _, p in _unique(rng, n_train + n_valid + n_test, draw)]
+    train, valid, test = _split(pairs, n_train, n_valid)
+
+    def sft(rows: list[dict]) -> list[dict]:
+        return [{"messages": p["prompt"] + p["chosen"]} for p in rows]
+
+    return _write_splits(out_dir, {"train": train, "valid": valid, "sft_train": sft(train), "sft_valid": sft(valid),
+                                   "test": sft(test)})
 
 
 _ARTICLE_KINDS = ("care", "specs", "policy", "trip")

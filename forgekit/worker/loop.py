@@ -20,10 +20,12 @@ def train_worker(wc: dict[str, Any]) -> None:
     from transformers import AutoTokenizer
 
     from forgekit import storage
+    from forgekit.tracking import continue_mlflow_run
     from forgekit.worker import model as m
     from forgekit.worker.checkpoints import CheckpointPublisher, cannot_resume, has_optimizer_state, node_dir
     from forgekit.worker.metrics import MetricsFile
     from forgekit.worker.preference import preference_trainer
+    from forgekit.worker.tracking import RunTracking
 
     # run_dir: where this node writes (logs, profiles): the run directory, or a node-local mirror of a remote one
     plan, run_dir = wc["plan"], node_dir(wc["run_dir"])
@@ -54,9 +56,12 @@ def train_worker(wc: dict[str, Any]) -> None:
         where, fs = storage.ray_storage(wc["resume_from"], "resume_from")  # a local path or a URL
         checkpoint = ray.train.Checkpoint(path=where, filesystem=fs)
     reporter = _reporter(plan, model, MetricsFile(wc["run_dir"], rank), publisher, rank, world)
+    if checkpoint is not None:
+        continue_mlflow_run(wc["run_dir"])  # the MLflow run of the first session, where it has one
     build = preference_trainer if cfg.task == "preference_tuning" else _trainer  # TRL's DPO/KTO trainers
     trainer = build(plan, model, tokenizer, train_ds, valid_ds, collator, reporter, publisher, bf16, cpu_autocast,
                     resumed=checkpoint is not None, rank=rank, run_dir=run_dir)
+    trainer.add_callback(RunTracking(plan, wc["run_dir"], resumed=checkpoint is not None))  # after the providers'
 
     if checkpoint is None:
         reporter.metrics.reset(after_step=None)
@@ -256,7 +261,9 @@ def training_arguments(plan: Any, publisher: Any, bf16: bool, *, has_eval: bool,
         "eval_strategy": "steps" if has_eval else "no", "eval_steps": plan.eval_every, "save_strategy": "steps",
         "save_steps": plan.eval_every,
         "save_total_limit": 1,  # staging only: Ray keeps the published checkpoints
-        "eval_on_start": has_eval and not resumed,  # the baseline; a resumed run already has it
+        # the baseline; a resumed run already has it, and RunTracking turns it off there once the trackers have
+        # logged these arguments (the same as the first session's: MLflow rejects a changed param)
+        "eval_on_start": has_eval,
         "bf16": bf16, "use_cpu": not plan.hardware.use_gpu,
         "gradient_checkpointing": False,  # set per layer (perf.set_activation_checkpointing)
         "optim": perf.fused_optimizer_name(plan.hardware.use_gpu), "deepspeed": plan.deepspeed, "seed": cfg.seed,

@@ -206,16 +206,20 @@ def test_finetune_reports_its_run_to_the_server(mlflow_server, tiny_model_dir, t
 
 
 def test_a_resumed_finetune_continues_the_same_mlflow_run(mlflow_server, tiny_model_dir, tmp_path, clean_env):
-    """The worker dies after step 2's checkpoint (FORGEKIT_FAULTS); Ray restarts it, the session resumes from that
-    checkpoint and reports to the first session's MLflow run: one run, each step logged once, eval_on_start's
-    param unchanged (MLflow would reject a changed one)."""
+    """The worker dies after step 2's checkpoint (FORGEKIT_FAULTS, no retry: the run fails, as after a lost
+    driver); the same finetune again resumes from that checkpoint and reports to the first session's MLflow run:
+    one run, eval_on_start's param unchanged (MLflow would reject a changed one)."""
     from forgekit.runs import read_metrics
+    from forgekit.train import TrainingError
 
     clean_env.setenv("FORGEKIT_FAULTS", "die_after_step=2")
-    clean_env.setenv("FORGEKIT_MAX_FAILURES", "1")
+    clean_env.setenv("FORGEKIT_MAX_FAILURES", "0")
     logger = {"provider": "mlflow", "provider_config": {"tracking_uri": mlflow_server, "experiment_name": "fk-resume"}}
     cfg = finetune_config(tiny_model_dir, tmp_path, logger, max_steps=4,
                           checkpoint_and_evaluation_frequency={"unit": "steps", "frequency": 2})
+    with pytest.raises(TrainingError):
+        run_finetune(cfg)
+    clean_env.delenv("FORGEKIT_FAULTS")
     result = run_finetune(cfg)
     run_dir = Path(result["run_dir"])
     assert (run_dir / ".forgekit-test-died").exists(), "the worker was meant to die once"
