@@ -147,3 +147,18 @@ def _notebooks_share_one_ray_cluster(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("shared_ray_cluster")
     elif own_cluster:
         request.getfixturevalue("monkeypatch").delenv("RAY_ADDRESS", raising=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_ray_cluster_outlives_its_module():
+    """A test module that trained through `finetune` without a cluster fixture leaves the local Ray cluster it started
+    in this process; the next module's cluster fixture would then attach to it, without the environment it sets for
+    its workers (the S3 server's variables, say). Stop it when the module ends."""
+    yield
+    import sys
+
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
