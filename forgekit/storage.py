@@ -188,6 +188,12 @@ def check_reachable(path: str | os.PathLike, key: str, write: bool = False) -> N
     if not is_remote(text):
         return
     fs, inner = filesystem(text, key)
+    if scheme(text) in ("http", "https"):  # a web server: the file itself, read-only
+        if write:
+            raise StorageError([f"{_where(text, key)}: http(s) is read-only; write to a local path, s3:// or gs://"])
+        if not _exists(text, key, fs, inner):
+            raise StorageError([f"{_where(text, key)}: not found on the server"])
+        return
     bucket = inner.split("/", 1)[0]
     if not _exists(text, key, fs, bucket):  # (s3fs's own exists() is False also when no server answers)
         raise StorageError([f"{_where(text, key)}: the bucket {bucket} does not exist (or these credentials may not "
