@@ -37,8 +37,11 @@ quickstart: install data
 	$(BIN)/forgekit models fetch smollm2-135m-instruct
 	$(BIN)/python scripts/quickstart.py $(QUICKSTART)
 
+# each integration test file in a process of its own: a Ray Train run in one pytest process after another module's
+# cluster was shut down was seen to die ("TrainController ... cancelled before it started running"; issue 23)
 test: install data
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q tests/unit tests/notebooks
+	set -e; for f in tests/integration/test_*.py; do $(BIN)/python -m pytest -q $$f || [ $$? -eq 5 ]; done
 
 lint: install
 	$(BIN)/ruff check forgekit tests benchmarks scripts

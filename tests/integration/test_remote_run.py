@@ -24,10 +24,6 @@ from forgekit.worker.checkpoints import UPLOADED
 from tests.integration.servers import S3_SECRET, moto_s3
 
 pytest.importorskip("s3fs")
-# opt-in (`pytest -m slow tests/integration/test_remote_run.py`, which passes on its own): in the same process as the
-# suite, every later module's Ray Train run died with "TrainController ... cancelled before it started running"
-# after these ran (a clean-clone CI run, 2026-12-07); the cause is not found yet (issue 23 stays open for it)
-pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "forgekit.cli"]
