@@ -121,8 +121,9 @@ class Reporter(TrainerCallback):
         import torch
 
         out: dict[str, Any] = {"peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
-        if tps and self.mfu(tps):
-            out["mfu"] = self.mfu(tps)
+        mfu = self.mfu(tps) if tps else None
+        if mfu:
+            out["mfu"] = mfu
         return out
 
     def on_train_begin(self, args, state, control, **kwargs):
