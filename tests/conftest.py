@@ -162,3 +162,27 @@ def no_ray_cluster_outlives_its_module():
 
         if ray.is_initialized():
             ray.shutdown()
+
+
+# the variables that switch a run's tracking on or point it somewhere (forgekit.tracking.provider reads
+# MLFLOW_TRACKING_URI from the environment): one test leaking one of them turns tracking on for every later run
+# of the process (CI: a file:/x tracking URI left by a unit test failed every notebook after it)
+_TRACKING_PREFIXES = ("MLFLOW_", "WANDB_", "TENSORBOARD_", "DISABLE_MLFLOW")
+
+
+def _tracking_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(_TRACKING_PREFIXES)}
+
+
+@pytest.fixture(autouse=True)
+def no_test_leaks_tracking_variables():
+    """Fail the test that leaves a tracking variable in this process's environment (and put the environment back)."""
+    before = _tracking_env()
+    yield
+    after = _tracking_env()
+    if after != before:
+        for k in after.keys() - before.keys():
+            del os.environ[k]
+        os.environ.update(before)
+        changed = sorted(k for k in after.keys() | before.keys() if after.get(k) != before.get(k))
+        pytest.fail(f"the test left tracking variables changed in os.environ: {changed}")

@@ -206,8 +206,12 @@ def test_an_llmforge_classification_yaml_with_another_error_reports_only_that_er
 def test_logger_provider_config_reaches_the_environment_of_transformers_callbacks(tmp_path, monkeypatch):
     from forgekit.tracking import logger_setup as _logger_setup
 
-    for key in ("WANDB_PROJECT", "WANDB_RUN_GROUP", "WANDB_TAGS", "WANDB_ENTITY", "MLFLOW_TRACKING_URI", "MLFLOW_TAGS"):
-        monkeypatch.delenv(key, raising=False)
+    for key in ("WANDB_PROJECT", "WANDB_RUN_GROUP", "WANDB_TAGS", "WANDB_ENTITY", "MLFLOW_TRACKING_URI", "MLFLOW_TAGS",
+                "TENSORBOARD_LOGGING_DIR"):
+        # set, then removed: monkeypatch records the variable, so what logger_setup sets is undone after the test
+        # (delenv of an absent variable records nothing, and MLFLOW_TRACKING_URI leaked into every later run)
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     cfg = _cfg(tmp_path, logger={"provider": "wandb", "provider_config": {"project": "p", "group": "g",
                                                                          "tags": ["a", "b"], "entity": "team"}})
     assert _logger_setup(cfg, tmp_path) == (["wandb"], None)
