@@ -1,7 +1,8 @@
 """The `forgekit` command: validate, preview-data, finetune, merge, export, models, generate and the rest.
 
 The Silogen engine's names work too: `sft` and `dpo` (finetune with the task fixed), `merge-adapter BASE ADAPTER OUT`
-(merge), `--logging-level`, and `--mlflow-server-uri`, `--experiment-name`, `--hf-mlflow-log-artifacts`.
+(merge), `--logging-level`, and `--mlflow-server-uri`, `--experiment-name`, `--hf-mlflow-log-artifacts`,
+`--num-preprocess-workers`.
 
 Every subcommand that takes a config also takes dotted overrides after it (`learning_rate=2e-4
 lora_config.r=16`). Config and data problems print one report and exit with code 2, never a traceback
@@ -106,7 +107,8 @@ def _tracking_overrides(args: argparse.Namespace) -> list[str]:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from forgekit.train import finetune
 
-    overrides = [*_tracking_overrides(args), *args.overrides]  # options first: a dotted override wins
+    workers = [f"num_preprocess_workers={args.num_preprocess_workers}"] if args.num_preprocess_workers else []
+    overrides = [*_tracking_overrides(args), *workers, *args.overrides]  # options first: a dotted override wins
     result = finetune(args.config, overrides, default=args.default, address=args.address)
     print(json.dumps(result, indent=2, default=str))
     return 0
@@ -183,6 +185,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment-name", default=None, help="MLflow experiment (= tracking.experiment_name)")
     p.add_argument("--hf-mlflow-log-artifacts", default=None, choices=["true", "false"],
                    help="log checkpoints to MLflow as artifacts (= tracking.hf_mlflow_log_artifacts)")
+    p.add_argument("--num-preprocess-workers", type=int, default=None, metavar="N",
+                   help="processes that tokenize the data (= num_preprocess_workers; default: 1 below 4,000 "
+                   "examples, else one per CPU core, at most 16)")
 
 
 def _add_merge_options(p: argparse.ArgumentParser) -> None:

@@ -249,6 +249,13 @@ class FinetuneConfig(_Strict):
         "an answer trained to stop mid-way. Set truncate to follow LLMForge. The manifest (and `forgekit "
         "validate`) count dropped_overlength and truncated.",
     )
+    num_preprocess_workers: int | None = Field(
+        None,
+        ge=1,
+        description="forgekit (the Silogen engine's --num-preprocess-workers): processes that tokenize the data "
+        "on the driver. Unset: 1 below 4,000 examples, else one per CPU core of the driver (at most 16). The "
+        "tokens are the same for any value (it is not part of the tokenization cache's key).",
+    )
     # --- hardware and batch
     num_devices: int = Field(1, ge=1, description="Number of training workers (GPUs, or CPU processes).")
     use_gpu: bool | None = Field(None, description="forgekit: None = GPUs when the Ray cluster has them.")

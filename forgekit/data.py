@@ -208,8 +208,18 @@ def data_fingerprint(path: str) -> str:
     return hashlib.sha256(_read_text(path).encode()).hexdigest()
 
 
+def _parse_lines(lines: list[tuple[int, str]]) -> Any:
+    """(line number, record or None, parse problem or None) of each numbered JSONL line."""
+    for lineno, line in lines:
+        try:
+            yield lineno, json.loads(line), None
+        except json.JSONDecodeError as e:
+            yield lineno, None, f"invalid JSON ({e.msg} at column {e.colno})"
+
+
 def read_examples(path: str, task: str = "instruction_tuning", max_reported: int = MAX_REPORTED) -> list[Example]:
-    """Read and validate every record of a chat dataset.
+    """Read and validate every record of a chat dataset, with a bar over the records where bars show
+    (`forgekit.progress`).
 
     Args:
         path: local path, file:// or fsspec URL of a JSONL file, or a HF datasets name (`org/name[:split]`).
@@ -219,23 +229,21 @@ def read_examples(path: str, task: str = "instruction_tuning", max_reported: int
     Raises:
         DataError: at least one line is invalid; lists each as `file:line: problem`.
     """
+    from forgekit.progress import progress_bar
+
     problems: list[str] = []
     total = 0
     examples: list[Example] = []
     if is_hf_dataset_name(path):
-        rows = [(i + 1, rec, None) for i, rec in enumerate(_hf_records(path))]
-        unit = "row"
+        records = _hf_records(path)
+        rows: Any = ((i + 1, rec, None) for i, rec in enumerate(records))
+        count, unit = len(records), "row"
     else:
-        rows = []
-        for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((lineno, json.loads(line), None))
-            except json.JSONDecodeError as e:
-                rows.append((lineno, None, f"invalid JSON ({e.msg} at column {e.colno})"))
-        unit = None
+        lines = [(n, line) for n, line in enumerate(_read_text(path).splitlines(), start=1) if line.strip()]
+        rows, count, unit = _parse_lines(lines), len(lines), None
+    bar = progress_bar(count, f"reading {path.rstrip('/').rsplit('/', 1)[-1]}", "record")
     for lineno, record, parse_problem in rows:
+        bar.update(1)
         found = [parse_problem] if parse_problem else validate_record(record, task)
         if found:
             total += len(found)
@@ -243,6 +251,7 @@ def read_examples(path: str, task: str = "instruction_tuning", max_reported: int
             problems.extend(f"{where}: {p}" for p in found[: max(0, max_reported - len(problems))])
             continue
         examples.append(Example(record["messages"], record.get("tools"), path, lineno))
+    bar.close()
     if problems or total:
         raise DataError(problems[:max_reported], total)
     if not examples:

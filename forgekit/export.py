@@ -97,11 +97,13 @@ def merge_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, dtype: str 
 
     info: dict[str, Any] = {"source": str(src)}
     if (src / "adapter_config.json").is_file():
-        model, tok, base = load_adapter(src, dtype=torch.float32, base=base)  # merge in float32, cast after
+        # the base the checkpoint names, where it resolves here, else where its run found it (forgekit_checkpoint.json)
+        named, source = (base, base) if base else _adapter_base(src)
+        model, tok, _ = load_adapter(src, dtype=torch.float32, base=source)  # merge in float32, cast after
         model.eval()
         want = _probe_logits(model, tok) if verify else None
         model = model.merge_and_unload()
-        info.update(kind="merged_lora", base=base)
+        info.update(kind="merged_lora", base=named)
         if want is not None:
             got = _probe_logits(model, tok)
             diff, scale = float((got - want).abs().max()), float(want.abs().max())
@@ -109,7 +111,7 @@ def merge_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, dtype: str 
             if diff > 1e-3 * max(1.0, scale):
                 raise ExportError(f"{src}: the merged model's logits differ from the adapter's by {diff:.3g} "
                                   f"(largest logit {scale:.3g}); nothing was written")
-        target = _torch_dtype(dtype, model.config if dtype != "auto" else _base_config(base))
+        target = _torch_dtype(dtype, model.config if dtype != "auto" else _base_config(source))
     else:
         tok = AutoTokenizer.from_pretrained(src)
         model = AutoModelForCausalLM.from_pretrained(src, dtype="auto")
@@ -163,6 +165,16 @@ def _write_atomically(out: Path, write: Any, info: dict[str, Any]) -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _adapter_base(src: Path) -> tuple[str, str]:
+    """`forgekit.models.adapter_base`, its error an ExportError."""
+    from forgekit.models import ModelError, adapter_base
+
+    try:
+        return adapter_base(src)
+    except ModelError as e:
+        raise ExportError(str(e)) from None
 
 
 def _base_config(base: str) -> Any:
@@ -351,16 +363,12 @@ def export_vllm(checkpoint: str | Path, out_dir: str | Path, *, name: str | None
     """
     from transformers import AutoConfig, AutoTokenizer
 
-    from forgekit.models import resolve_model_path
-
     src, out = Path(checkpoint), Path(out_dir)
     config, tensors = _read_adapter(src)
     _check_paths(src, out, overwrite)
-    base = config.get("base_model_name_or_path")
-    if not base:
-        raise ExportError(f"{src / 'adapter_config.json'}: no base_model_name_or_path; cannot tell which model it adapts")
+    base, source = _adapter_base(src)  # the name it records; where that model is here
     try:
-        base_config = AutoConfig.from_pretrained(resolve_model_path(base))
+        base_config = AutoConfig.from_pretrained(source)
     except OSError as e:
         raise ExportError(f"{src}: cannot read the base model {base!r}'s config: {e}") from None
 
@@ -371,7 +379,7 @@ def export_vllm(checkpoint: str | Path, out_dir: str | Path, *, name: str | None
     wanted = {k: re.sub(r"\.(modules_to_save|original_module)(\.default)?(?=\.)", "", k.removeprefix("base_model.model."))
               for k in extra}
     embedding = _input_embedding_key(base_config)
-    originals = _base_tensors(base, sorted({*wanted.values(), embedding}))
+    originals = _base_tensors(source, sorted({*wanted.values(), embedding}))
     removed, kept, reasons = [], [], []
     for key in extra:
         original = originals.get(wanted[key])
@@ -401,12 +409,13 @@ def export_vllm(checkpoint: str | Path, out_dir: str | Path, *, name: str | None
     if reasons:
         problems.append(f"vLLM's LoRA loader takes LoRA weights only: {_MERGE_HINT}")
     max_rank = next((r for r in VLLM_MAX_LORA_RANKS if r >= rank), None)
-    tok = AutoTokenizer.from_pretrained(src if (src / "tokenizer_config.json").is_file() else resolve_model_path(base))
+    tok = AutoTokenizer.from_pretrained(src if (src / "tokenizer_config.json").is_file() else source)
     label = name or out.name
-    serve = f"vllm serve {base} --enable-lora --lora-modules {label}={out.resolve()}"
+    served = str(Path(source).absolute()) if Path(source).is_dir() else source  # vLLM serves the base found here
+    serve = f"vllm serve {served} --enable-lora --lora-modules {label}={out.resolve()}"
     if max_rank and max_rank > VLLM_DEFAULT_MAX_LORA_RANK:
         serve += f" --max-lora-rank {max_rank}"
-    base_template = getattr(AutoTokenizer.from_pretrained(resolve_model_path(base)), "chat_template", None)
+    base_template = getattr(AutoTokenizer.from_pretrained(source), "chat_template", None)
     if tok.chat_template and tok.chat_template != base_template:
         serve += f" --chat-template {out.resolve() / 'chat_template.jinja'}"
         notes.append("the run trained with its own chat template: vLLM renders chats with the base model's unless "

@@ -5,20 +5,26 @@
 - `slow_step=S`: every optimizer step sleeps S seconds (to interrupt a run at a chosen point);
 - `die_after_step=N`: after publishing the checkpoint of step N, rank 1 (else 0) exits once, as a lost worker
   would; Ray's FailureConfig restarts the workers, which resume from that checkpoint;
+- `die_during_save=N`: rank 0 exits once while the checkpoint of step N is being written into the run directory
+  (its part copied, not yet published), leaving what a kill at that moment leaves;
+- `disk_full_at_save=N`: copying the checkpoint of step N into the run directory fails after its first file with
+  `ENOSPC`, as on a full disk, at every attempt;
 - `node_per_worker=1`: every worker acts as the only one of a node of its own, with its own staging dir, rank 1
   a second slower to publish its part, so that one machine exercises what a multi-node run does with checkpoints.
 
-The launcher passes the variable to every worker; production code calls these functions and they do nothing.
+The launcher passes the driver's value to every worker of the run (`use`), so a test sets it per run; production
+code calls these functions and they do nothing.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import time
 from pathlib import Path
 
-__all__ = ["die_after_checkpoint", "node_per_worker", "slow_node", "slow_step"]
+__all__ = ["die_after_checkpoint", "die_during_save", "disk_full", "node_per_worker", "slow_node", "slow_step", "use"]
 
 VARIABLE = "FORGEKIT_FAULTS"
 _DIED = ".forgekit-test-died"
@@ -35,6 +41,11 @@ def _faults(spec: str) -> dict[str, str]:
 
 def _get(name: str) -> str | None:
     return _faults(os.environ.get(VARIABLE, "")).get(name)
+
+
+def use(spec: str | None) -> None:
+    """On a worker: the faults of the driver that launched the run (its `FORGEKIT_FAULTS`, passed with the run)."""
+    os.environ[VARIABLE] = spec or ""
 
 
 def slow_step() -> None:
@@ -62,3 +73,19 @@ def die_after_checkpoint(run_dir: Path, step: int, rank: int, world: int) -> Non
     if at and int(at) == step and rank == min(1, world - 1) and not marker.exists():
         marker.touch()
         os._exit(1)
+
+
+def die_during_save(run_dir: Path, step: int, rank: int) -> None:
+    """Exit this process once (rank 0) while the checkpoint of step `die_during_save` is half-way into the run dir."""
+    at = _get("die_during_save")
+    marker = Path(run_dir) / _DIED
+    if at and int(at) == step and rank == 0 and not marker.exists():
+        marker.touch()
+        os._exit(1)
+
+
+def disk_full(step: int, copied: int, target: str | os.PathLike) -> None:
+    """Raise ENOSPC for the copy of `target` when it is not the first file of step `disk_full_at_save`'s checkpoint."""
+    at = _get("disk_full_at_save")
+    if at and int(at) == step and copied:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))

@@ -7,7 +7,8 @@ there), else float32 (`default_dtype`). The tokenizer
 comes from the checkpoint when it has one, because forgekit saves the tokenizer with the chat template the
 run trained with; prompts are then rendered by `forgekit.formats.render`, exactly as in training (tool
 conversations included). `generate` decodes greedily in left-padded batches and stops at the end-of-turn
-token or at a stopping sequence of the run (`generation_config.stopping_sequences`, saved with each checkpoint).
+token or at a stopping sequence of the run (`generation_config.stopping_sequences`, saved with each checkpoint);
+a bar counts the prompts answered where bars show (`forgekit.progress`).
 
 `generate_from_config` is the Silogen engine's `generate CONFIG OUTPUT` (`forgekit generate gen.yaml out.yaml`):
 a YAML generation config (`GENERATE_CONFIG_EXAMPLE`: model, adapter, prompts file, sampling, optional
@@ -17,7 +18,6 @@ a YAML generation config (`GENERATE_CONFIG_EXAMPLE`: model, adapter, prompts fil
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -36,8 +36,6 @@ __all__ = [
     "load_generate_config",
     "render_prompt",
 ]
-
-log = logging.getLogger("forgekit")
 
 
 class GenerationError(ForgekitError, RuntimeError):
@@ -108,8 +106,9 @@ def load_adapter(path: str | Path, *, dtype: Any, base: str | None = None,
                  quantization_config: Any = None) -> tuple[Any, Any, str]:
     """A LoRA adapter dir on its base model, not merged: `(peft model, tokenizer, base model id)`.
 
-    The base is `base` where given (the same model elsewhere, e.g. a local copy), else `base_model_name_or_path`
-    of `adapter_config.json` (resolved with `forgekit.models.resolve_model_path`); the tokenizer is the adapter
+    The base is `base` where given (the same model elsewhere, e.g. a local copy), else the one the checkpoint records
+    (`forgekit.models.adapter_base`: `base_model_name_or_path` of `adapter_config.json` where it resolves here, else
+    where the run found it, from `forgekit_checkpoint.json`); the tokenizer is the adapter
     dir's when it has one (forgekit saves it with the training chat template and any tokens added in training, for
     which the embeddings are resized). `quantization_config` (a `BitsAndBytesConfig`) loads the base quantized, on
     the CPU or the first GPU.
@@ -120,14 +119,17 @@ def load_adapter(path: str | Path, *, dtype: Any, base: str | None = None,
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from forgekit.models import resolve_model_path
+    from forgekit.models import ModelError, adapter_base, resolve_model_path
 
     local = Path(str(path))
     adapter_cfg = local / "adapter_config.json"
-    base_id = base or json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
-    if not base_id:
-        raise GenerationError(f"{adapter_cfg}: no base_model_name_or_path; cannot tell which model to load")
-    base = resolve_model_path(base_id)
+    if base:
+        base_id, base = base, resolve_model_path(base)
+    else:
+        try:
+            base_id, base = adapter_base(local)
+        except ModelError as e:
+            raise GenerationError(str(e)) from None
     quantized = {}
     if quantization_config is not None:  # bitsandbytes places the layers itself: on the device given here
         import torch
@@ -231,7 +233,7 @@ def generate(
     stop: Sequence[str] = (),
     stop_when: Callable[[str, int], bool] | None = None,
     num_threads: int | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> list[str]:
     """The next assistant turn for each conversation.
 
@@ -254,7 +256,8 @@ def generate(
         num_threads: CPU threads for PyTorch while generating (restored after); None keeps the current
             setting. One thread decodes a small model fastest on a busy machine: the per-token operations are
             too small to share, and every thread waits for the slowest at each of them.
-        progress: log one line per batch.
+        progress: a bar over the conversations answered, updated per batch (None: in a terminal or notebook, or
+            with FORGEKIT_PROGRESS=1; `forgekit.progress.progress_enabled`).
 
     Returns:
         The generated texts, special tokens removed, in the order of `conversations`.
@@ -289,10 +292,12 @@ def generate(
 
 
 def _generate_batches(model: Any, tok: Any, conversations: Sequence[list[dict]], tools: Any, budgets: list[int],
-                      batch_size: int, greedy: bool, temperature: float, stop_when: Any, progress: bool, *,
+                      batch_size: int, greedy: bool, temperature: float, stop_when: Any, progress: bool | None, *,
                       top_p: float | None = None, stop: Sequence[str] = ()) -> list[str]:
     import torch
     from transformers import GenerationConfig, StoppingCriteriaList
+
+    from forgekit.progress import progress_bar
 
     n = len(conversations)
     stops = list(getattr(model.generation_config, "stop_strings", None) or [])  # the run's stopping_sequences
@@ -302,6 +307,7 @@ def _generate_batches(model: Any, tok: Any, conversations: Sequence[list[dict]],
     order = sorted(range(n), key=lambda i: (budgets[i] // 32, len(encoded[i])))
     device = next(model.parameters()).device
     outputs: list[str] = [""] * n
+    bar = progress_bar(n, "generating", "prompt", progress)
     for b in range(0, n, batch_size):
         idx = order[b : b + batch_size]
         batch = tok.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt").to(device)
@@ -325,8 +331,8 @@ def _generate_batches(model: Any, tok: Any, conversations: Sequence[list[dict]],
                                  **({"tokenizer": tok} if stops else {}))
         for i, row in zip(idx, out[:, width:]):
             outputs[i] = _cut(tok.decode(row[: budgets[i]], skip_special_tokens=True), stops).strip()
-        if progress:
-            log.info("generate: %d/%d conversations", min(b + batch_size, n), n)
+        bar.update(len(idx))
+    bar.close()
     return outputs
 
 
@@ -495,8 +501,11 @@ def _load_for_config(cfg: Any) -> tuple[Any, Any]:
     return model.eval(), tok
 
 
-def generate_from_config(config: str | Path | dict, output: str | Path) -> list[dict[str, Any]]:
+def generate_from_config(config: str | Path | dict, output: str | Path, *,
+                         progress: bool | None = None) -> list[dict[str, Any]]:
     """Answer every prompt of a generation config (`GENERATE_CONFIG_EXAMPLE`) and write the records to `output`.
+
+    `progress`: a bar over the prompts answered (None: `forgekit.progress.progress_enabled`'s rule).
 
     Each record carries `prompt` (as the input gave it: text or messages), `answer`, and `correct_answers` where
     the input record has them. The output is a YAML list (`.yaml` / `.yml`, or `output_format: yaml`) or JSONL.
@@ -516,7 +525,7 @@ def generate_from_config(config: str | Path | dict, output: str | Path) -> list[
     conversations = [r["messages"] if "messages" in r else [{"role": "user", "content": r["prompt"]}] for r in rows]
     answers = generate((model, tok), conversations, max_new_tokens=s.max_new_tokens, batch_size=cfg.batch_size,
                        greedy=s.temperature == 0, temperature=s.temperature or 1.0,
-                       top_p=s.top_p if s.top_p < 1 else None, stop=s.stop)
+                       top_p=s.top_p if s.top_p < 1 else None, stop=s.stop, progress=progress)
     records = []
     for row, answer in zip(rows, answers):
         record = {"prompt": row["prompt"] if "prompt" in row else row["messages"], "answer": answer}

@@ -18,6 +18,11 @@ imported (it imports `llm` and `llama_cpp`); it is only located with `importlib.
 
 The Hugging Face id `HuggingFaceTB/SmolLM2-135M-Instruct` resolves to the embedded copy too, with a warning that
 names it; `FORGEKIT_EMBEDDED=0` leaves that id to the Hub (`resolve_model_path`).
+
+Checkpoints that travel: a LoRA checkpoint's `adapter_config.json` records the base model the user named
+(`base_model_name`: the Hub id or the path as written, never forgekit's cache), so plain peft loads it anywhere the
+name resolves; where the run found it on this machine is kept in the checkpoint's `forgekit_checkpoint.json`
+(`base_model_metadata`), which forgekit's own loaders fall back to (`adapter_base`).
 """
 
 from __future__ import annotations
@@ -38,15 +43,20 @@ from typing import Any
 from forgekit.errors import ForgekitError
 
 __all__ = [
+    "CHECKPOINT_META",
     "EMBEDDED_MODELS",
     "EmbeddedModel",
     "ModelError",
+    "adapter_base",
+    "base_model_metadata",
+    "base_model_name",
     "cache_root",
     "fetch_model",
     "is_fetched",
     "list_models",
     "model_dir",
     "resolve_model_path",
+    "shared_cache",
 ]
 
 log = logging.getLogger("forgekit")
@@ -109,8 +119,21 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
 
 
 def cache_root() -> Path:
-    """Root of forgekit's caches: `$FORGEKIT_CACHE`, else `~/.cache/forgekit`."""
-    return Path(os.environ.get("FORGEKIT_CACHE") or Path.home() / ".cache" / "forgekit").expanduser()
+    """Root of forgekit's caches on this machine: `$FORGEKIT_CACHE`, else (also where that is a URL: `shared_cache`)
+    `~/.cache/forgekit`."""
+    value = os.environ.get("FORGEKIT_CACHE", "").removeprefix("file://")
+    if not value or shared_cache():
+        return Path.home() / ".cache" / "forgekit"
+    return Path(value).expanduser()
+
+
+def shared_cache() -> str | None:
+    """`$FORGEKIT_CACHE` where it is on object storage (`s3://bucket/cache`, `gs://...`), else None: the tokenized
+    data's cache there is shared by every machine (`forgekit.prepare.prepare_data`); the rest stays in `cache_root`."""
+    from forgekit import storage
+
+    value = os.environ.get("FORGEKIT_CACHE", "")
+    return value.rstrip("/") if storage.is_remote(value) else None
 
 
 def _lookup(name: str) -> EmbeddedModel | None:
@@ -428,3 +451,75 @@ def list_models(cache_dir: Path | None = None) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+# ------------------------------------------------------------------------------------ checkpoints that travel
+
+CHECKPOINT_META = "forgekit_checkpoint.json"  # in each checkpoint: the base model as named and as found
+
+
+def base_model_name(model_id: str, initial_base_model_ckpt_path: str | None = None) -> str:
+    """The base model a run's checkpoints record (`adapter_config.json`'s `base_model_name_or_path`): the full
+    weights it started from (`initial_base_model_ckpt_path`), else `model_id`, as the user wrote them (a relative
+    path stays relative, as peft resolves it: against the working directory). An embedded model's alias, a name only
+    forgekit knows, is recorded as its Hugging Face id, which plain peft can load (from the Hub: not the embedded
+    copy's dequantized weights; forgekit's loaders take the embedded copy, `adapter_base`)."""
+    named = initial_base_model_ckpt_path or model_id
+    info = _lookup(named)
+    if info is not None and not Path(named).is_dir():
+        return info.hf_id
+    return named
+
+
+def base_model_metadata(model_id: str, initial_base_model_ckpt_path: str | None, local_path: str) -> dict[str, Any]:
+    """`forgekit_checkpoint.json`'s `base_model`: the name the checkpoint records, the config's values, and where
+    the run loaded the base on this machine (`local_path`: a directory, or for a Hub id its snapshot in the Hugging
+    Face cache where there is one), with `embedded` naming the embedded model when that was it."""
+    local = local_path
+    if not Path(local).is_dir() and "://" not in local:  # a Hub id: the snapshot the cache holds, if any
+        import contextlib
+
+        from huggingface_hub import try_to_load_from_cache
+
+        with contextlib.suppress(Exception):  # not a valid repo id: kept as it is
+            found = try_to_load_from_cache(local, "config.json")
+            local = str(Path(found).parent) if isinstance(found, str) else local
+    out: dict[str, Any] = {"name": base_model_name(model_id, initial_base_model_ckpt_path), "model_id": model_id,
+                           "initial_base_model_ckpt_path": initial_base_model_ckpt_path, "local_path": local}
+    if not initial_base_model_ckpt_path and is_fetched(Path(local)):
+        out["embedded"] = json.loads((Path(local) / MARKER).read_text())["name"]
+    return out
+
+
+def adapter_base(checkpoint: str | Path) -> tuple[str, str]:
+    """The base model of a LoRA checkpoint: `(the name it records, what to pass to from_pretrained here)`.
+
+    In order: the embedded model the run trained on (`forgekit_checkpoint.json`'s `embedded`: its copy here, fetched
+    when needed); the recorded `base_model_name_or_path` where it is a local directory (a relative path against the
+    working directory, as peft resolves it); the directory the run loaded the base from, where it is still there
+    (the same machine, another working directory; or a checkpoint of forgekit before it recorded names); a copy of an
+    s3:// / gs:// base in forgekit's cache; else the recorded name itself (a Hub id: the Hugging Face cache or Hub).
+
+    Raises:
+        ModelError: the checkpoint names no base model.
+    """
+    ckpt = Path(checkpoint)
+    config = json.loads((ckpt / "adapter_config.json").read_text())
+    meta_file = ckpt / CHECKPOINT_META
+    meta = json.loads(meta_file.read_text()).get("base_model", {}) if meta_file.is_file() else {}
+    recorded = config.get("base_model_name_or_path") or meta.get("name")
+    if not recorded:
+        raise ModelError(f"{ckpt / 'adapter_config.json'}: no base_model_name_or_path; cannot tell which model it adapts")
+    info = _lookup(meta.get("embedded") or "")
+    if info is not None and (is_fetched(model_dir(info.name)) or _gguf_path(info) is not None):
+        return recorded, resolve_model_path(info.name)
+    if Path(recorded).expanduser().is_dir():
+        return recorded, recorded
+    local = meta.get("local_path")
+    if local and Path(local).is_dir():
+        return recorded, local
+    if "://" in recorded:
+        from forgekit.prepare import local_copy
+
+        return recorded, local_copy(recorded, "base_model_name_or_path")
+    return recorded, resolve_model_path(recorded)

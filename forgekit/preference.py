@@ -196,8 +196,11 @@ def _longest(row: dict) -> int:
 
 
 def _tokenize_all(pairs: list[Pair], tok: Any) -> list[dict]:
+    from forgekit.progress import progress_bar
+
     rows, problems = [], []
-    for pair in pairs:
+    name = Path(pairs[0].source).name if pairs else ""
+    for pair in progress_bar(len(pairs), f"tokenizing {name}", "pair", iterable=pairs):
         try:
             rows.append(tokenize_pair(pair, tok))
         except (ValueError, TypeError, KeyError) as e:  # no chat template, a template that rejects the roles

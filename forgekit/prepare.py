@@ -21,13 +21,13 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from forgekit import __version__
+from forgekit import __version__, storage
 from forgekit.config import ConfigError, FinetuneConfig
 from forgekit.data import DataError, Example, data_fingerprint, is_hf_dataset_name, read_examples
 from forgekit.formats import (
@@ -37,7 +37,7 @@ from forgekit.formats import (
     role_format_to_jinja,
     tokenize_rendered,
 )
-from forgekit.models import cache_root, remove_stale_temp, temp_dir
+from forgekit.models import cache_root, remove_stale_temp, shared_cache, temp_dir
 
 __all__ = [
     "DataSpec",
@@ -47,6 +47,7 @@ __all__ = [
     "count_real_tokens",
     "data_spec",
     "load_tokenizer",
+    "node_data",
     "pack_rows",
     "prepare_data",
     "preview_data",
@@ -91,6 +92,7 @@ class PreparedData:
     manifest: dict[str, Any]
     cache_dir: Path
     spec: DataSpec
+    shared_dir: str | None = None  # its copy in the shared cache (`FORGEKIT_CACHE=s3://...`), which workers fetch
 
 
 def _model_path(cfg: FinetuneConfig) -> str:
@@ -181,12 +183,14 @@ def _cache_key(cfg: FinetuneConfig, spec: DataSpec, tok: Any, model_max: int | N
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20], parts
 
 
-def _tokenize_all(examples: list[Example], tok: Any, cfg: FinetuneConfig) -> tuple[list, list]:
-    """(ids, labels) per example; every format problem is collected as `file:line: problem`."""
+def _tokenize_all(examples: list[Example], tok: Any, cfg: FinetuneConfig, bar: Any = None) -> tuple[list, list]:
+    """(ids, labels) per example; every format problem is collected as `file:line: problem`; `bar` counts them."""
     fmt = resolve_prompt_format(cfg.generation_config.prompt_format, tok)
     labels_ok = set(cfg.classifier_config.label_tokens) if cfg.classifier_config else None
     out, problems = [], []
     for ex in examples:
+        if bar is not None:
+            bar.update(1)
         where = f"{ex.source}:{ex.line}"
         if labels_ok is not None:
             last = [m for m in ex.messages if m["role"] == "assistant"][-1].get("content", "")
@@ -205,6 +209,67 @@ def _tokenize_all(examples: list[Example], tok: Any, cfg: FinetuneConfig) -> tup
     if problems:
         raise DataError(problems[:50], len(problems))
     return out, [ex.line for ex in examples]
+
+
+PARALLEL_FROM = 4000  # examples from which an unset num_preprocess_workers tokenizes in parallel
+MAX_AUTO_WORKERS = 16
+
+
+def preprocess_workers(cfg: FinetuneConfig, n_examples: int) -> int:
+    """How many processes tokenize `n_examples`: `num_preprocess_workers`, else 1 below `PARALLEL_FROM` examples
+    (a process costs ~2 s to start and import transformers) and one per usable CPU core up to `MAX_AUTO_WORKERS`."""
+    if cfg.num_preprocess_workers is not None:
+        return max(1, min(cfg.num_preprocess_workers, n_examples))
+    if n_examples < PARALLEL_FROM:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, MAX_AUTO_WORKERS))
+
+
+def _tokenize_chunk(examples: list[Example], tok: Any, cfg: FinetuneConfig) -> tuple[list, list, list[str], int]:
+    """One worker's share: (rows, lines, problems, problem count); problems come back instead of raising."""
+    try:
+        rows, lines = _tokenize_all(examples, tok, cfg)
+        return rows, lines, [], 0
+    except DataError as e:
+        return [], [], list(e.problems), e.total
+
+
+def tokenize_examples(examples: list[Example], tok: Any, cfg: FinetuneConfig) -> tuple[list, list]:
+    """`_tokenize_all` over `preprocess_workers` processes: contiguous chunks, results in the input's order, every
+    chunk's problems reported together (the first 50, and the total), as one process would.
+
+    The processes are spawned (not forked: the driver may already run Ray's threads) and get the tokenizer
+    pickled; the rows are the same as one process's for any number of workers. This process draws one bar over the
+    examples (`forgekit.progress`), advanced per example, or per chunk as the processes finish theirs.
+    """
+    from forgekit.progress import progress_bar
+
+    workers = preprocess_workers(cfg, len(examples))
+    bar = progress_bar(len(examples), f"tokenizing {Path(examples[0].source).name if examples else ''}", "example")
+    if workers <= 1:
+        with bar:
+            return _tokenize_all(examples, tok, cfg, bar)
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    size = math.ceil(len(examples) / workers)
+    chunks = [examples[i:i + size] for i in range(0, len(examples), size)]
+    rows: list = []
+    lines: list = []
+    problems: list[str] = []
+    total = 0
+    log.info("forgekit: tokenizing %d examples in %d processes", len(examples), len(chunks))
+    with bar, ProcessPoolExecutor(len(chunks), mp_context=mp.get_context("spawn")) as pool:
+        for r, ln, pr, n in pool.map(_tokenize_chunk, chunks, [tok] * len(chunks), [cfg] * len(chunks)):
+            rows.extend(r)
+            lines.extend(ln)
+            problems.extend(pr)
+            total += n
+            bar.update(len(r))  # a chunk's examples, once its process is done (its problems: none counted)
+    if problems:
+        raise DataError(problems[:50], total)
+    return rows, lines
 
 
 def _pow2_context(lengths: list[int], model_max: int | None) -> int:
@@ -321,10 +386,10 @@ def _build(cfg: FinetuneConfig, spec: DataSpec, tok: Any, model_max: int | None,
         return build_pairs(cfg, spec, tok, model_max, target, key_parts, read_data(cfg))
     started = time.time()
     train, valid = read_data(cfg)
-    train_rows, _ = _tokenize_all(train, tok, cfg)
+    train_rows, _ = tokenize_examples(train, tok, cfg)
     valid_rows = None
     if valid is not None:
-        valid_rows, _ = _tokenize_all(valid, tok, cfg)
+        valid_rows, _ = tokenize_examples(valid, tok, cfg)
     lengths = [len(r[0]) for r in train_rows]
     ctx = spec.context_length or _pow2_context(lengths, model_max)
     policy = cfg.overlength if cfg.overlength != "auto" else ("truncate" if cfg.task == "causal_lm" else "drop")
@@ -403,7 +468,9 @@ def prepare_data(cfg: FinetuneConfig, spec: DataSpec | None = None, *, use_gpu: 
         spec: context length and packing (`data_spec`); None: `data_spec(cfg, use_gpu)`.
         use_gpu: for packing's default when `spec` is None: None = `cfg.use_gpu`, else whether this machine
             has a CUDA device.
-        root: cache root (default `cache_root()`).
+        root: cache root (default `cache_root()`, and with `FORGEKIT_CACHE` on object storage, the cache there:
+            a build is uploaded to `<FORGEKIT_CACHE>/prepared/<key>`, and another machine's build found there is
+            downloaded instead of tokenizing again).
 
     Raises:
         DataError: the data has problems (each `file:line: problem`).
@@ -423,12 +490,16 @@ def prepare_data(cfg: FinetuneConfig, spec: DataSpec | None = None, *, use_gpu: 
     target.parent.mkdir(parents=True, exist_ok=True)
     for stale in remove_stale_temp(target.parent, STAGING):  # a build killed mid-write (kill -9, a lost machine)
         log.info("forgekit: removed %s, left by an interrupted data preparation", stale)
-    if (target / "manifest.json").exists():
+    shared = None if root else shared_cache()
+    shared_dir = storage.join(shared, "prepared", key) if shared else None
+    if (target / "manifest.json").exists() or (shared_dir and _fetch_shared(shared_dir, target)):
         manifest = json.loads((target / "manifest.json").read_text())
         manifest["cache_hit"] = True
     else:
         manifest = _build(cfg, spec, tok, model_max, target, parts)
         manifest["cache_hit"] = False
+    if shared_dir and not storage.exists(storage.join(shared_dir, "manifest.json"), "FORGEKIT_CACHE"):
+        _share(target, shared_dir)
     return PreparedData(
         train_dir=target / "train",
         valid_dir=(target / "valid") if (target / "valid").exists() else None,
@@ -436,7 +507,50 @@ def prepare_data(cfg: FinetuneConfig, spec: DataSpec | None = None, *, use_gpu: 
         manifest=manifest,
         cache_dir=target,
         spec=spec,
+        shared_dir=shared_dir,
     )
+
+
+def _share(target: Path, shared_dir: str) -> None:
+    """Upload a cache entry to the shared cache, its manifest last: whoever finds the manifest finds every file."""
+    for sub in sorted(p for p in target.iterdir() if p.is_dir()):
+        storage.upload_dir(sub, storage.join(shared_dir, sub.name), "FORGEKIT_CACHE")
+    storage.write_text(storage.join(shared_dir, "manifest.json"), (target / "manifest.json").read_text(), "FORGEKIT_CACHE")
+
+
+def _fetch_shared(shared_dir: str, target: Path) -> bool:
+    """Download the shared cache's entry (when complete: it has its manifest) to `target`, renamed into place whole;
+    whether it was there."""
+    if not storage.exists(storage.join(shared_dir, "manifest.json"), "FORGEKIT_CACHE"):
+        return False
+    tmp = temp_dir(target.parent, STAGING)
+    storage.download_dir(shared_dir, tmp, "FORGEKIT_CACHE")
+    if target.exists():  # another process of this machine was first
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+    return True
+
+
+def node_data(data: PreparedData) -> PreparedData:
+    """`data` on this machine: as it is where its cache folder is here (the driver's machine, a shared file system),
+    else fetched from the shared cache into this machine's `cache_root()`.
+
+    Raises:
+        FileNotFoundError: neither is there (a local `FORGEKIT_CACHE` that the nodes do not share).
+    """
+    if data.cache_dir.exists() or not data.shared_dir:
+        for path in (data.train_dir, data.valid_dir, data.tokenizer_dir):
+            if path and not Path(path).exists():
+                raise FileNotFoundError(f"{path} is not visible on this node; set FORGEKIT_CACHE to storage shared "
+                                        "by all nodes (a shared file system, or s3:// / gs://)")
+        return data
+    target = (cache_root() / "prepared" / data.cache_dir.name).absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not (target / "manifest.json").exists() and not _fetch_shared(data.shared_dir, target):
+        raise FileNotFoundError(f"{data.shared_dir}: the tokenized data is not in the shared cache (FORGEKIT_CACHE)")
+    return replace(data, train_dir=target / "train", tokenizer_dir=target / "tokenizer", cache_dir=target,
+                               valid_dir=target / "valid" if data.valid_dir else None)
 
 
 def collate(

@@ -6,7 +6,8 @@ Layout (written by `forgekit.train.finetune`)::
         config.yaml          resolved config
         manifest.json        data manifest
         metrics.jsonl        {"kind": "train" | "eval" | "final", "step", ...} one JSON object per line
-        checkpoints/step-NNNNNN/   Hugging Face format (adapter or full weights + tokenizer + trainer state)
+        checkpoints/step-NNNNNN/   Hugging Face format (adapter or full weights + tokenizer + trainer state), and
+                             forgekit_checkpoint.json (the base model as named and as found: forgekit.models)
         result.json          summary (best_checkpoint, best_eval_loss, first_eval_loss, steps, ...)
 """
 

@@ -10,7 +10,9 @@ Credentials come only from the environment or the provider's standard chain, nev
 - S3 and S3-compatible servers (MinIO, Ceph, moto): `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` (or `AWS_PROFILE`),
   `AWS_DEFAULT_REGION`, and `AWS_ENDPOINT_URL` for a server that is not AWS
   (`export AWS_ENDPOINT_URL=http://minio.local:9000`); s3fs reads them through botocore.
-- GCS: `GOOGLE_APPLICATION_CREDENTIALS` (a service-account JSON file) or the machine's default credentials.
+- GCS: `GOOGLE_APPLICATION_CREDENTIALS` (a service-account JSON file) or the machine's default credentials; an
+  emulator (fake-gcs-server) with `STORAGE_EMULATOR_HOST=http://host:port`, anonymously; off Google Cloud,
+  `NO_GCE_CHECK=true` spares every credential lookup google-auth's metadata-server probe (seconds each).
 - Hugging Face: `HF_TOKEN`.
 
 Ray Train writes a remote run directory through the pyarrow filesystem `ray_storage` builds on the same fsspec

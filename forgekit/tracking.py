@@ -85,19 +85,28 @@ def logger_env(cfg: FinetuneConfig, run_dir: str | Path,
 
     Args:
         cfg: the run's config.
-        run_dir: the run directory (TensorBoard's default log dir is `<run_dir>/tensorboard`).
+        run_dir: the run directory (TensorBoard's default log dir is `<run_dir>/tensorboard`; W&B's `WANDB_DIR`,
+            so an offline run is `<run_dir>/wandb/offline-run-*`).
         environ: the worker's environment (default `os.environ`): `MLFLOW_TRACKING_URI` and
-            `DISABLE_MLFLOW_INTEGRATION` there choose the provider as `provider` says.
+            `DISABLE_MLFLOW_INTEGRATION` there choose the provider as `provider` says; a `WANDB_DIR` there is kept.
 
     Returns:
         `report_to` for `TrainingArguments`, TensorBoard's log dir (or None), and the variables to set.
     """
+    environ = os.environ if environ is None else environ
     name = provider(cfg, environ)
     settings = dict(cfg.logger.provider_config) if cfg.logger and cfg.logger.provider == name else {}
     match name:
         case None:
             return [], None, {}
-        case "wandb" | "mlflow":
+        case "wandb":
+            env = {_variable(name, key): _value(value) for key, value in settings.items()}
+            # the run's files (an offline run's .wandb log) in the run directory, not in the worker's working
+            # directory (Ray's session folder); `provider_config.dir` or the environment's WANDB_DIR choose another
+            if "WANDB_DIR" not in env and not environ.get("WANDB_DIR"):
+                env["WANDB_DIR"] = str(run_dir)
+            return [name], None, env
+        case "mlflow":
             return [name], None, {_variable(name, key): _value(value) for key, value in settings.items()}
         case _:
             logging_dir = str(settings.get("log_dir", Path(run_dir) / "tensorboard"))

@@ -25,6 +25,8 @@
   scheduler, RNG, data position: the Trainer's own checkpoint format). Unset `run_name` is derived from
   the model and a hash of the config and data, so re-running the same command finds the same run.
   Ray's `FailureConfig` retries a run whose worker died, from its last checkpoint.
+- Progress: a bar on the driver (steps, loss, evaluation losses) read from metrics.jsonl, and world rank 0's bar over
+  each evaluation's batches in its log; when they show: `forgekit.progress` (`FORGEKIT_PROGRESS`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from typing import Any
 
 from forgekit import faults
 from forgekit.config import ConfigError, FinetuneConfig, format_config, load_config
+from forgekit.progress import progress_enabled
 from forgekit.worker.checkpoints import DIVERGED, cannot_resume, has_optimizer_state
 
 __all__ = ["TrainingDiverged", "TrainingError", "finetune", "init_ray", "prepare_run", "run_name_for"]
@@ -176,6 +179,7 @@ def init_ray(address: str | None = None, num_devices: int = 1) -> None:
         "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
         "PYTHONWARNINGS": "ignore",
         "FORGEKIT_VERBOSE": "0",
+        "FORGEKIT_PROGRESS": "",  # 1: world rank 0 draws the evaluation bar into its log (forgekit.progress)
         faults.VARIABLE: "",
     }
     runtime_env = {"env_vars": {k: os.environ.get(k, v) for k, v in env.items()}}
@@ -417,13 +421,13 @@ class _Progress(threading.Thread):
     def run(self) -> None:
         if not self.enabled:
             return
-        from tqdm.auto import tqdm
+        from forgekit.progress import progress_bar
 
         bar, evals_shown = None, set()
         while not self.stop.wait(5.0 if self.remote else 1.0):
             for row in self.new_rows():
                 if bar is None and row.get("max_steps"):
-                    bar = tqdm(total=row["max_steps"], desc="fine-tuning", unit="step", dynamic_ncols=True)
+                    bar = progress_bar(row["max_steps"], "fine-tuning", "step", progress=True)
                 if bar is None:
                     continue
                 if row.get("kind") == "train":
@@ -443,7 +447,7 @@ def finetune(
     *,
     default: bool = False,
     address: str | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """Fine-tune a model as `config` says; return result.json's content plus `run_dir`.
 
@@ -452,7 +456,8 @@ def finetune(
         overrides: dotted `key=value` overrides (`learning_rate=2e-4`).
         default: default mode (only `model_id` and `train_path` needed).
         address: Ray cluster address; default `$RAY_ADDRESS`, else a local cluster.
-        progress: show a progress bar on the driver.
+        progress: show a progress bar on the driver (None: in a terminal or notebook, or with FORGEKIT_PROGRESS=1;
+            `forgekit.progress.progress_enabled`).
 
     Raises:
         ConfigError, DataError: the config or data is invalid (nothing was trained).
@@ -493,7 +498,8 @@ def finetune(
     trainer = TorchTrainer(
         train_worker,
         # a re-run after the driver itself died (Ctrl-C, kill -9, lost machine) resumes from resume_from
-        train_loop_config={"plan": plan, "run_dir": str(run_dir), "resume_from": _last_checkpoint(run_dir)},
+        train_loop_config={"plan": plan, "run_dir": str(run_dir), "resume_from": _last_checkpoint(run_dir),
+                           "faults": os.environ.get(faults.VARIABLE, "")},  # (tests only: forgekit.faults)
         torch_config=TorchConfig(backend="nccl" if plan.hardware.use_gpu else "gloo"),
         scaling_config=_scaling_config(cfg, plan.hardware.use_gpu),
         run_config=ray.train.RunConfig(
@@ -506,7 +512,7 @@ def finetune(
     )
     storage.remove(storage.join(run_dir, DIVERGED))  # a re-run after lowering the learning rate starts clean
     started = time.time()
-    bar = _Progress(storage.join(run_dir, "metrics.jsonl"), progress)
+    bar = _Progress(storage.join(run_dir, "metrics.jsonl"), progress_enabled(progress))
     bar.start()
     try:
         result = _fit(trainer)
@@ -527,12 +533,25 @@ def finetune(
 
 def _last_checkpoint(run_dir: str | Path) -> str | None:
     """The newest complete checkpoint in the run directory (published by an atomic rename; on object storage,
-    marked uploaded once every node's part was in), if any."""
+    marked uploaded once every node's part was in), if any. One that a stopped run was writing is ignored, and
+    said so; locally, where this process holds the run directory's lock, it is deleted."""
+    import shutil
+
     from forgekit import storage
     from forgekit.runs import list_checkpoints
+    from forgekit.worker.checkpoints import CHECKPOINTS
 
     done = list_checkpoints(run_dir)
-    if not storage.is_remote(run_dir):
+    if storage.is_remote(run_dir):
+        listed = {str(c).rstrip("/").rsplit("/", 1)[-1] for c in done}
+        for name in (n for n in storage.listdir(storage.join(run_dir, CHECKPOINTS)) if n.startswith("step-")
+                     and n not in listed):
+            log.warning("forgekit: ignoring %s: an incomplete checkpoint (the run was stopped while uploading it)",
+                        storage.join(run_dir, CHECKPOINTS, name))
+    else:
+        for partial in sorted((Path(run_dir) / CHECKPOINTS).glob(".tmp-step-*")):  # gathered, never published
+            log.warning("forgekit: ignoring %s: a checkpoint the run was writing when it stopped (deleted)", partial)
+            shutil.rmtree(partial, ignore_errors=True)
         for partial in (c for c in done if not (c / "trainer_state.json").is_file()):
             log.warning("forgekit: ignoring %s: an incomplete checkpoint (the run was stopped while writing it)", partial)
         done = [c for c in done if (c / "trainer_state.json").is_file()]
@@ -545,6 +564,12 @@ def _last_checkpoint(run_dir: str | Path) -> str | None:
 
 
 def _worker_error(e: BaseException) -> str:
+    """The workers' error for a user: forgekit's own messages where a worker raised one (`DiskFull`: Ray's snippet
+    of the traceback would cut it), else Ray's text with the cause."""
+    failures = [getattr(f, "_base_exc", f) for f in (getattr(e, "worker_failures", None) or {}).values()]
+    own = [str(f) for f in failures if type(f).__module__.startswith("forgekit.")]
+    if own:
+        return "\n".join(dict.fromkeys(own))
     text = str(e)
     for cause in (getattr(e, "__cause__", None), getattr(e, "cause", None)):
         if cause is not None:

@@ -249,7 +249,7 @@ def evaluate_bfcl(
     batch_size: int = 16,
     num_threads: int | None = None,
     predictions_path: str | Path | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """Generate one answer per item of a benchmark-layout question file and score it by the AST rule.
 
@@ -263,7 +263,8 @@ def evaluate_bfcl(
         batch_size: items generated together.
         num_threads: CPU threads while generating; None: unchanged.
         predictions_path: write one JSON line per item (id, generation, outcome, reason) here.
-        progress: log one line per batch.
+        progress: a bar over the items generated (None: in a terminal or notebook, or with
+            FORGEKIT_PROGRESS=1; `forgekit.progress.progress_enabled`).
 
     Returns:
         `evaluate.summarise(...)` of the items (each item is one turn and one conversation; categories:

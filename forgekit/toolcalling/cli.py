@@ -60,7 +60,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model = load_for_generation(args.checkpoint)
     texts = generate(
         model, prompts, [r["tools"] for r in records], max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size, num_threads=args.threads, progress=True,
+        batch_size=args.batch_size, num_threads=args.threads,
     )
     rows = []
     for rec, msgs, ref, text in zip(records, prompts, references, texts):
@@ -108,7 +108,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from forgekit.toolcalling.evaluate import evaluate_tool_calling
 
     common = {"limit": args.limit, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
-              "num_threads": args.threads, "predictions_path": args.predictions, "progress": True}
+              "num_threads": args.threads, "predictions_path": args.predictions}
     if is_bfcl(args.test):
         if args.answers is None:
             print("eval-tools: no --answers: every item is scored as needing no call (irrelevance data)",

@@ -266,7 +266,7 @@ def evaluate_tool_calling(
     batch_size: int = 16,
     num_threads: int | None = None,
     predictions_path: str | Path | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """Replay a tool-calling test set turn by turn and score every assistant turn.
 
@@ -282,7 +282,8 @@ def evaluate_tool_calling(
         batch_size: turns generated together.
         num_threads: CPU threads while generating (see `forgekit.generate.generate`); None: unchanged.
         predictions_path: write one JSON line per turn (gold, generation, outcome) here.
-        progress: log one line per batch.
+        progress: a bar over the turns generated (None: in a terminal or notebook, or with
+            FORGEKIT_PROGRESS=1; `forgekit.progress.progress_enabled`).
 
     Returns:
         `summarise(...)` of the scored turns, plus `samples`: the first turn of up to 8 conversations per

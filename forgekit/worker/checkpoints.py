@@ -6,12 +6,16 @@ are written on the rank's own node) into one gathering dir; after a barrier, wor
 whose upload function (`publish`) renames it into place. On remote storage (s3://, gs://) each node's part is
 uploaded by Ray into the same prefix; once every node's upload returned, world rank 0 writes the `UPLOADED` marker
 into it (an object store has no rename: a resume takes only checkpoints with the marker). Each node then deletes
-its local copy.
+its local copy. A disk without room for a checkpoint stops the run with `DiskFull`, which names the directory and
+the bytes needed; a failed worker deletes its staging dir and what it had gathered, and the checkpoints published
+before stay as they were.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -20,12 +24,57 @@ from typing import Any
 
 from forgekit import faults
 
-__all__ = ["CHECKPOINTS", "DIVERGED", "UPLOADED", "CheckpointPublisher", "barrier", "has_optimizer_state",
-           "node_dir"]
+__all__ = ["CHECKPOINTS", "DIVERGED", "UPLOADED", "CheckpointPublisher", "DiskFull", "barrier",
+           "has_optimizer_state", "node_dir"]
 
 # names in the run directory: the published checkpoints, and the message of a run that diverged
 CHECKPOINTS, DIVERGED = "checkpoints", "diverged.txt"
 UPLOADED = ".forgekit-uploaded"  # in a remote checkpoint: every node's part is in
+
+
+class DiskFull(RuntimeError):
+    """A checkpoint does not fit on the disk it is written to; the message names the directory and the bytes."""
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _free(path: Path) -> int:
+    """Bytes free for writing in `path` (or its nearest existing parent)."""
+    return shutil.disk_usage(next(d for d in (path, *path.parents) if d.exists())).free
+
+
+def _is_disk_full(e: BaseException | None) -> bool:
+    """Whether `e` (or what caused it) is a write refused for want of space or quota; torch's and safetensors'
+    writers keep only the OS's text (`file write failed`, `StorageFull`), shutil.copytree only the errors' text."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(e) for text in ("No space left on device", "Disk quota exceeded", "StorageFull")):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _refused_file(e: BaseException | None) -> Path | None:
+    """The file a write refused for want of space names (an OSError's filename), if any."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) and e.filename:
+            return Path(e.filename)
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def disk_full_message(step: int | None, directory: str | Path, needed: int | None, free: int) -> str:
+    """What a user reads when checkpoint `step` does not fit in `directory` (`needed` bytes, None: unknown)."""
+    what = f"the checkpoint of step {step}" if step is not None else "a checkpoint"
+    size = f"it needs {needed:,} bytes ({needed / 1e6:,.1f} MB), {free:,} are free there" if needed else (
+        f"it did not fit in the {free:,} bytes free there")
+    return (f"no space left on device: {what} could not be written to {directory}: {size}. Nothing partial was "
+            "published and the checkpoints before it are complete: free space there (each step's checkpoint is as "
+            "large; num_checkpoints_to_keep keeps fewer), or point output_dir (TMPDIR for the node-local staging "
+            "copy) at a larger disk, and run the same command again: it resumes from the last checkpoint.")
 
 
 def node_dir(run_dir: str | Path) -> Path:
@@ -117,6 +166,10 @@ class CheckpointPublisher:
         name = str(run_dir).rstrip("/").rsplit("/", 1)[-1]
         self.staging = Path(tempfile.gettempdir()) / "forgekit-staging" / f"{name}-{where}-{os.getuid()}"
         self.generation_config = None  # saved into adapter checkpoints (they hold none of their own)
+        self.checkpoint_bytes: int | None = None  # this node's part of a checkpoint, once one was gathered
+        self.gathering: Path | None = None  # the gathering dir being written, until its checkpoint is published
+        self.saving: int | None = None  # the step whose checkpoint is being saved, until it is published
+        self.metadata: dict[str, Any] | None = None  # forgekit_checkpoint.json (forgekit.models.base_model_metadata)
 
     def start(self) -> None:
         """Clear what an interrupted attempt left: this node's staging dir, and parts gathered before a publish."""
@@ -143,15 +196,21 @@ class CheckpointPublisher:
         mine = self.first_on_node and local.exists()
         if mine and self.generation_config is not None and not (local / "generation_config.json").exists():
             self.generation_config.save_pretrained(local)
+        if mine and self.metadata is not None:
+            from forgekit.models import CHECKPOINT_META
+
+            (local / CHECKPOINT_META).write_text(json.dumps(self.metadata, indent=2) + "\n")
         dir_name = f"{CHECKPOINTS}/step-{step:06d}"
         if _local_storage():
             gathered = self.run_dir / CHECKPOINTS / f".tmp-step-{step:06d}"
             if mine:
                 faults.slow_node(self.rank)
-                shutil.copytree(local, gathered, dirs_exist_ok=True)
+                self._gather(local, gathered, step)
+                faults.die_during_save(self.local_dir, step, self.rank)
             barrier()  # every node's part is in
             checkpoint = ray.train.Checkpoint.from_directory(str(gathered)) if self.rank == 0 and gathered.exists() else None
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=dir_name, checkpoint_upload_fn=publish)
+            self.gathering = None
         else:
             from forgekit import storage
 
@@ -162,7 +221,72 @@ class CheckpointPublisher:
                 storage.write_text(storage.join(self.run_dir, dir_name, UPLOADED), f"{step}\n")
         if mine:  # published: the Trainer rotates its output dir on world rank 0's node only
             shutil.rmtree(local, ignore_errors=True)
+        self.saving = None
         faults.die_after_checkpoint(self.local_dir, step, self.rank, self.world)
+
+    def _gather(self, local: Path, gathered: Path, step: int) -> None:
+        """Copy this node's part of checkpoint `step` into the gathering dir, or raise DiskFull: before writing where
+        the disk has not the room, else at the first write refused for want of it, with the partial copy deleted."""
+        needed = self.checkpoint_bytes = _tree_bytes(local)
+        self.check_space(step, [gathered.parent])
+        copied = []
+
+        def copy(src: str, dst: str) -> None:
+            try:
+                faults.disk_full(step, len(copied), dst)
+                shutil.copy2(src, dst)
+            except OSError as e:
+                if _is_disk_full(e):  # stop at once: copytree would try every other file
+                    raise DiskFull(str(e)) from e
+                raise
+            copied.append(dst)
+
+        self.gathering = gathered
+        try:
+            shutil.copytree(local, gathered, dirs_exist_ok=True, copy_function=copy)
+        except (DiskFull, OSError) as e:  # (copytree reports the files it could not copy as one shutil.Error)
+            if not isinstance(e, DiskFull) and not _is_disk_full(e):
+                raise
+            shutil.rmtree(gathered, ignore_errors=True)
+            raise DiskFull(disk_full_message(step, gathered.parent, needed, _free(gathered.parent))) from e
+
+    def check_space(self, step: int, directories: list[Path] | None = None) -> None:
+        """Before checkpoint `step` is saved: raise DiskFull where it would not fit (this node's part is as large as
+        the last one gathered; unknown before the first) in `directories`, by default the staging dir and the run
+        directory. Until it is published, a failure with less room than that left is taken for a full disk."""
+        self.saving = step
+        if self.checkpoint_bytes is None:
+            return
+        if directories is None:
+            directories = [self.staging] + ([] if self.remote else [self.run_dir / CHECKPOINTS])
+        for directory in directories:
+            free = _free(directory)
+            if free < self.checkpoint_bytes:
+                raise DiskFull(disk_full_message(step, directory, self.checkpoint_bytes, free))
+
+    def failed(self, error: BaseException) -> BaseException:
+        """After `error` stopped this worker: delete its staging dir and the part it was gathering (a checkpoint is
+        published whole or not at all; a retry or the next start stages again). Returns the error to raise: a
+        DiskFull naming the directory where `error` was a full disk, as the error says, or (torch's writer says only
+        "file write failed") as the disk says, when it had less room than a checkpoint while one was saved."""
+        writing = self.gathering.parent if self.gathering is not None else self.staging
+        free = _free(writing)  # before the clean-up frees what the failed write had taken
+        shutil.rmtree(self.staging, ignore_errors=True)
+        if self.gathering is not None:
+            shutil.rmtree(self.gathering, ignore_errors=True)
+        if isinstance(error, DiskFull):
+            return error
+        said = _is_disk_full(error)
+        named = _refused_file(error)
+        if said and named and not any(named.is_relative_to(d) for d in (self.staging, writing)):
+            return DiskFull(f"no space left on device: {named} could not be written ({_free(named.parent):,} bytes are "
+                            "free there): free space there, and run the same command again: it resumes from the last "
+                            "checkpoint.")  # (metrics.jsonl, a log: not a checkpoint)
+        if not said and (self.saving is None or free >= (self.checkpoint_bytes or 2**20)):
+            return error
+        message = disk_full_message(self.saving, writing, self.checkpoint_bytes, _free(writing))
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return DiskFull(message if said else f"{message} (the error: {first_line})")
 
     def finish(self) -> None:
         barrier()

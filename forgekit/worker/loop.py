@@ -19,7 +19,9 @@ def train_worker(wc: dict[str, Any]) -> None:
     from datasets import load_from_disk
     from transformers import AutoTokenizer
 
-    from forgekit import storage
+    import forgekit
+    from forgekit import faults, storage
+    from forgekit.models import base_model_metadata
     from forgekit.tracking import continue_mlflow_run
     from forgekit.worker import model as m
     from forgekit.worker.checkpoints import CheckpointPublisher, cannot_resume, has_optimizer_state, node_dir
@@ -27,19 +29,17 @@ def train_worker(wc: dict[str, Any]) -> None:
     from forgekit.worker.preference import preference_trainer
     from forgekit.worker.tracking import RunTracking
 
+    faults.use(wc.get("faults"))  # (tests only: the driver's FORGEKIT_FAULTS)
     # run_dir: where this node writes (logs, profiles): the run directory, or a node-local mirror of a remote one
     plan, run_dir = wc["plan"], node_dir(wc["run_dir"])
     cfg, ctx = plan.config, ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     _quiet(run_dir, rank)
-    plan = _local_models(plan, ctx.get_local_rank())
+    plan = _local_data(_local_models(plan, ctx.get_local_rank()), ctx.get_local_rank())
     bf16, cpu_autocast, precision = m.settle_precision(plan.precision) if plan.hardware.use_gpu else (
         False, plan.precision == "bf16-autocast", plan.precision)
 
-    # data: tokenized once on the driver, on storage every node reads
-    for path in (plan.data.train_dir, plan.data.valid_dir, plan.data.tokenizer_dir):
-        if path and not Path(path).exists():
-            raise FileNotFoundError(f"{path} is not visible on this node; set FORGEKIT_CACHE to storage shared by all nodes")
+    # data: tokenized once on the driver, on storage every node reads (or fetched by _local_data)
     train_ds, tokenizer = load_from_disk(str(plan.data.train_dir)), AutoTokenizer.from_pretrained(plan.data.tokenizer_dir)
     valid_ds = load_from_disk(str(plan.data.valid_dir)) if plan.data.valid_dir else None
 
@@ -50,6 +50,9 @@ def train_worker(wc: dict[str, Any]) -> None:
         print(f"forgekit levers: {levers}", flush=True)
 
     publisher = CheckpointPublisher(wc["run_dir"], rank, world, ctx.get_local_rank())
+    publisher.metadata = {"forgekit_version": forgekit.__version__,  # the base as named and as found here
+                          "base_model": base_model_metadata(cfg.model_id, cfg.initial_base_model_ckpt_path, plan.model_path),
+                          "initial_adapter_model_ckpt_path": cfg.initial_adapter_model_ckpt_path}
     publisher.start()
     checkpoint = ray.train.get_checkpoint()  # after a worker failure; after a driver restart the driver found it
     if checkpoint is None and wc.get("resume_from"):
@@ -63,16 +66,22 @@ def train_worker(wc: dict[str, Any]) -> None:
                     resumed=checkpoint is not None, rank=rank, run_dir=run_dir)
     trainer.add_callback(RunTracking(plan, wc["run_dir"], resumed=checkpoint is not None))  # after the providers'
 
-    if checkpoint is None:
-        reporter.metrics.reset(after_step=None)
-        trainer.train()
-    else:
-        with checkpoint.as_directory() as ckpt_dir:
-            if not has_optimizer_state(ckpt_dir):  # Ray retrying a failed worker from a weights-only checkpoint
-                raise RuntimeError(cannot_resume(ckpt_dir))
-            step = json.loads((Path(ckpt_dir) / "trainer_state.json").read_text())["global_step"]
-            reporter.metrics.reset(after_step=step)
-            trainer.train(resume_from_checkpoint=str(publisher.stage_for_resume(ckpt_dir, step)))
+    try:
+        if checkpoint is None:
+            reporter.metrics.reset(after_step=None)
+            trainer.train()
+        else:
+            with checkpoint.as_directory() as ckpt_dir:
+                if not has_optimizer_state(ckpt_dir):  # Ray retrying a failed worker from a weights-only checkpoint
+                    raise RuntimeError(cannot_resume(ckpt_dir))
+                step = json.loads((Path(ckpt_dir) / "trainer_state.json").read_text())["global_step"]
+                reporter.resume(reporter.metrics.reset(after_step=step))
+                trainer.train(resume_from_checkpoint=str(publisher.stage_for_resume(ckpt_dir, step)))
+    except Exception as e:
+        error = publisher.failed(e)  # no staging left behind; a full disk named as such
+        if error is e:
+            raise
+        raise error from e
     reporter.finish(trainer, trainable=trainable, total=total, precision=precision, levers=levers)
     publisher.finish()
     _upload_node_files(wc["run_dir"], run_dir, rank)
@@ -97,6 +106,22 @@ def _local_models(plan: Any, local_rank: int) -> Any:
             local_copy(url, keys[field])
     barrier()
     return dataclasses.replace(plan, **{f: local_copy(url, keys[f]) for f, url in remote.items()})
+
+
+def _local_data(plan: Any, local_rank: int) -> Any:
+    """The plan with its tokenized data on this node (`forgekit.prepare.node_data`): the driver's cache where this
+    node sees it, else the shared cache's copy (`FORGEKIT_CACHE=s3://...`), which the node's first worker downloads
+    while the others wait."""
+    import dataclasses
+
+    from forgekit.prepare import node_data
+    from forgekit.worker.checkpoints import barrier
+
+    if plan.data.shared_dir:
+        if local_rank == 0:
+            node_data(plan.data)
+        barrier()
+    return dataclasses.replace(plan, data=node_data(plan.data))
 
 
 def _upload_node_files(run_dir: str, local_dir: Path, rank: int) -> None:
@@ -267,6 +292,7 @@ def training_arguments(plan: Any, publisher: Any, bf16: bool, *, has_eval: bool,
         "bf16": bf16, "use_cpu": not plan.hardware.use_gpu,
         "gradient_checkpointing": False,  # set per layer (perf.set_activation_checkpointing)
         "optim": perf.fused_optimizer_name(plan.hardware.use_gpu), "deepspeed": plan.deepspeed, "seed": cfg.seed,
+        # transformers' bars off: the driver draws training's, rank 0 evaluation's (trainer_callbacks)
         "data_seed": cfg.seed, "report_to": report_to, "disable_tqdm": True, "remove_unused_columns": False,
         "dataloader_num_workers": 0, "include_num_input_tokens_seen": "all" if plan.packing else "non_padding",
         "save_only_model": not cfg.save_optimizer_state, "ddp_find_unused_parameters": False,
@@ -274,8 +300,14 @@ def training_arguments(plan: Any, publisher: Any, bf16: bool, *, has_eval: bool,
 
 
 def trainer_callbacks(plan: Any, reporter: Any, rank: int, run_dir: Path) -> list:
-    """The reporter, and on rank 0 with profile_steps the PyTorch profiler's callback."""
+    """The reporter, and on rank 0 the evaluation bar (where bars show: `forgekit.progress`) and with profile_steps
+    the PyTorch profiler's callback."""
+    from forgekit.progress import progress_enabled
+    from forgekit.worker.metrics import EvaluationProgress
+
     cfg, callbacks = plan.config, [reporter]
+    if rank == 0 and progress_enabled():
+        callbacks.append(EvaluationProgress())
     if cfg.profile_steps and rank == 0:
         from forgekit.profiling import step_profiler
 

@@ -3,6 +3,7 @@
 `MetricsFile` is rank 0's metrics.jsonl (a resumed run drops the lines past its checkpoint); `Reporter` is the
 Trainer callback that writes a row per logging step and per evaluation, stops a run whose loss or gradient norm is
 no longer finite, always checkpoints the last step, and hands each saved checkpoint to the `CheckpointPublisher`.
+`EvaluationProgress` is world rank 0's bar over an evaluation's batches (`forgekit.progress`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from transformers import TrainerCallback
 from forgekit import faults
 from forgekit.worker.checkpoints import CHECKPOINTS, DIVERGED, CheckpointPublisher
 
-__all__ = ["CLASSIFICATION_EVAL_KEYS", "PREFERENCE_KEYS", "MetricsFile", "Reporter"]
+__all__ = ["CLASSIFICATION_EVAL_KEYS", "PREFERENCE_KEYS", "EvaluationProgress", "MetricsFile", "Reporter"]
 
 # what a classification evaluation reports (classifier_config.eval_metrics), as the Trainer names it
 CLASSIFICATION_EVAL_KEYS = ("eval_accuracy", "eval_f1", "eval_prauc")
@@ -57,13 +58,14 @@ class MetricsFile:
             storage.write_text(self.remote, self.path.read_text())
             self.synced = time.monotonic()
 
-    def reset(self, after_step: int | None) -> None:
-        """Fresh run: start the file. Resumed run: drop lines past the checkpoint (the steps are redone)."""
+    def reset(self, after_step: int | None) -> list[dict]:
+        """Fresh run: start the file. Resumed run: drop lines past the checkpoint (the steps are redone); the rows
+        kept (rank 0)."""
         if self.rank != 0:
-            return
+            return []
         from forgekit import storage
 
-        kept = []
+        kept, rows = [], []
         source = self.remote or self.path  # a resumed run may be on another node than the one that wrote it
         if after_step is not None and storage.exists(source):
             for line in storage.read_text(source).splitlines():
@@ -71,11 +73,13 @@ class MetricsFile:
                     row = json.loads(line)
                     if row.get("step", 0) <= after_step and row.get("kind") in ("train", "eval"):
                         kept.append(line)
+                        rows.append(row)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("".join(f"{line}\n" for line in kept))
         os.replace(tmp, self.path)
         self.sync()
+        return rows
 
     def write(self, row: dict) -> None:
         if self.rank == 0:
@@ -83,6 +87,31 @@ class MetricsFile:
                 f.write(json.dumps(row) + "\n")
             if self.remote and (row.get("kind") != "train" or time.monotonic() - self.synced >= SYNC_SECONDS):
                 self.sync()
+
+
+class EvaluationProgress(TrainerCallback):
+    """A bar over each evaluation's batches (this worker's share), for world rank 0 only.
+
+    transformers' own `ProgressCallback` is off (`disable_tqdm`): its training bar would repeat the driver's, and it
+    draws one per node, not one per run. A worker writes into `logs/rank-N.log` (streamed with FORGEKIT_VERBOSE=1),
+    no terminal, so the bar is there only with `FORGEKIT_PROGRESS=1` (`forgekit.progress.progress_enabled`).
+    """
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        from forgekit.progress import progress_bar
+
+        if self.bar is None:
+            total = len(eval_dataloader) if hasattr(eval_dataloader, "__len__") else None
+            self.bar = progress_bar(total, f"evaluating (step {state.global_step})", "batch")
+        self.bar.update(1)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 class Reporter(TrainerCallback):
@@ -104,7 +133,8 @@ class Reporter(TrainerCallback):
         self.max_steps, self.every = plan.total_steps, plan.eval_every
         self.flops_per_token, self.peak, self.stop_on_nonfinite = flops_per_token, peak_tflops, stop_on_nonfinite
         self.on_gpu = plan.hardware.use_gpu
-        self.last_time, self.last_tokens, self.train_time, self.session_tokens = None, 0, 0.0, 0
+        # the run's training time and the tokens trained in it, over every session of a resumed run
+        self.last_time, self.last_tokens, self.train_time, self.timed_tokens = None, 0, 0.0, 0
         self.diverged: str | None = None  # the message, once the loss or gradient norm is no longer finite
         self.profiler = None  # forgekit.profiling's callback on rank 0 with profile_steps
 
@@ -126,6 +156,13 @@ class Reporter(TrainerCallback):
             out["mfu"] = mfu
         return out
 
+    def resume(self, rows: list[dict]) -> None:
+        """Continue the run's training time and tokens from the rows kept up to the checkpoint (`MetricsFile.reset`):
+        result.json's throughput is the whole run's, not the last session's."""
+        last = next((r for r in reversed(rows) if r.get("kind") == "train" and "train_seconds" in r), None)
+        if last is not None:
+            self.train_time, self.timed_tokens = last["train_seconds"], last["tokens"]
+
     def on_train_begin(self, args, state, control, **kwargs):
         self.last_time, self.last_tokens = time.perf_counter(), state.num_input_tokens_seen
 
@@ -141,10 +178,10 @@ class Reporter(TrainerCallback):
             dt = max(now - self.last_time, 1e-9)
             tps = (tokens - self.last_tokens) / dt
             self.train_time += dt
-            self.session_tokens += tokens - self.last_tokens
+            self.timed_tokens += tokens - self.last_tokens
             row = {"kind": "train", **base, "loss": logs["loss"], "learning_rate": logs.get("learning_rate"),
                    "grad_norm": logs.get("grad_norm"), "tokens": tokens, "tokens_per_second": round(tps, 2),
-                   "time": time.time()}
+                   "train_seconds": round(self.train_time, 3), "time": time.time()}
             row.update({k: logs[k] for k in PREFERENCE_KEYS if k in logs})
             if self.profiler is not None and state.global_step in self.profiler.steps:
                 row["profiled"] = True  # the profiler slowed this step (forgekit.profiling)
@@ -171,6 +208,8 @@ class Reporter(TrainerCallback):
         if state.global_step >= self.max_steps and state.global_step % self.every:
             control.should_save = True  # the last step is always checkpointed (and evaluated)
             control.should_evaluate = args.eval_strategy != "no"
+        if control.should_save:  # before the Trainer writes a checkpoint the disk has no room for
+            self.publisher.check_space(state.global_step)
 
     def on_save(self, args, state, control, **kwargs):
         metrics = {"step": state.global_step}
@@ -193,7 +232,7 @@ class Reporter(TrainerCallback):
             storage.write_text(storage.join(self.publisher.run_dir, DIVERGED), self.diverged + "\n")
             return
         state, args = trainer.state, trainer.args
-        tps = self.session_tokens / self.train_time if self.train_time else None
+        tps = self.timed_tokens / self.train_time if self.train_time else None
         batches = len(trainer.get_train_dataloader())  # per worker and epoch, as the Trainer counts them
         row = {
             "kind": "final", "step": state.global_step, "train_tokens": state.num_input_tokens_seen,

@@ -63,6 +63,7 @@ def load_model(cfg: Any, tokenizer: Any, dtype: Any, attn: str, liger: bool, *, 
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from forgekit.models import base_model_name
     from forgekit.quantization import bnb_config, quantization_problems
 
     # the driver checked the installation and the CPU; a GPU worker checks its own GPU's kernels
@@ -124,6 +125,15 @@ def load_model(cfg: Any, tokenizer: Any, dtype: Any, attn: str, liger: bool, *, 
                 lora["modules_to_save"] = ["lm_head"]
         lora.setdefault("task_type", "CAUSAL_LM")
         model = get_peft_model(model, LoraConfig(**lora))
+    if adapter or cfg.lora_config:
+        # adapter checkpoints record the base as the user named it (adapter_config.json, peft's model card), not where
+        # this node found it, so plain peft loads them elsewhere; a continued adapter had recorded its own. (Not for
+        # full weights: their config.json records no base, and TRL loads a full run's reference from this name.)
+        named = base_model_name(cfg.model_id, cfg.initial_base_model_ckpt_path)
+        for adapter_config in model.peft_config.values():
+            adapter_config.base_model_name_or_path = named
+        base = model.get_base_model()
+        base.config.name_or_path = base.name_or_path = named
     return model, liger
 
 

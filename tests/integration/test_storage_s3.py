@@ -177,3 +177,44 @@ def test_missing_credentials_are_a_clear_error_without_secrets(s3, env):
     assert str(e.value).startswith(f"output_dir: {s3}/runs: no credentials: set AWS_ACCESS_KEY_ID and "
                                    "AWS_SECRET_ACCESS_KEY")
     assert SECRET not in str(e.value)
+
+
+def test_a_tokenization_cache_on_s3_is_reused_by_another_machine(s3, tiny_model_dir, tmp_path, monkeypatch):
+    """`FORGEKIT_CACHE=s3://...`: the first machine's tokenized data lands on the bucket, a second machine (another
+    home, so another local cache) finds it there instead of tokenizing, and a worker on a third fetches it."""
+    import shutil
+
+    from datasets import load_from_disk
+
+    from forgekit import prepare
+    from forgekit.config import load_config
+    from forgekit.examples.sample_data import write_quickstart_dataset
+
+    data = write_quickstart_dataset(tmp_path / "tickets", n_train=6, n_valid=2, n_test=1)
+    cfg = load_config({"model_id": str(tiny_model_dir), "train_path": str(data["train"]),
+                       "valid_path": str(data["valid"]), "context_length": 256})
+    monkeypatch.setenv("FORGEKIT_CACHE", f"{s3}/cache")
+    monkeypatch.setenv("HOME", str(tmp_path / "machine-1"))
+    monkeypatch.chdir(tmp_path)
+    first = prepare.prepare_data(cfg, use_gpu=False)
+    key = first.manifest["cache_key"]
+    assert not first.manifest["cache_hit"] and first.shared_dir == f"{s3}/cache/prepared/{key}"
+    assert first.cache_dir == tmp_path / "machine-1" / ".cache" / "forgekit" / "prepared" / key
+    assert storage.listdir(first.shared_dir) == ["manifest.json", "tokenizer", "train", "valid"]
+    assert not list(tmp_path.rglob("s3:*"))  # nothing in a local folder named after the URL
+
+    monkeypatch.setenv("HOME", str(tmp_path / "machine-2"))
+    monkeypatch.setattr(prepare, "_build", lambda *a: pytest.fail("tokenized again: the shared cache was not used"))
+    second = prepare.prepare_data(cfg, use_gpu=False)
+    assert second.manifest["cache_hit"] and second.manifest["cache_key"] == key
+    assert second.cache_dir == tmp_path / "machine-2" / ".cache" / "forgekit" / "prepared" / key
+    for split in ("train_dir", "valid_dir"):
+        assert load_from_disk(str(getattr(second, split)))[:] == load_from_disk(str(getattr(first, split)))[:]
+
+    # a worker on a machine without the driver's copy fetches the data from the bucket
+    shutil.rmtree(first.cache_dir)
+    monkeypatch.setenv("HOME", str(tmp_path / "machine-3"))
+    on_node = prepare.node_data(first)
+    assert on_node.cache_dir == tmp_path / "machine-3" / ".cache" / "forgekit" / "prepared" / key
+    assert load_from_disk(str(on_node.train_dir))[:] == load_from_disk(str(second.train_dir))[:]
+    assert (on_node.tokenizer_dir / "tokenizer_config.json").is_file()

@@ -438,6 +438,14 @@ def test_cache_root_follows_forgekit_cache(monkeypatch, tmp_path):
     assert cache_root() == tmp_path / "c"
     monkeypatch.delenv("FORGEKIT_CACHE")
     assert cache_root() == Path.home() / ".cache" / "forgekit"
+    from forgekit.models import shared_cache
+
+    assert shared_cache() is None
+    monkeypatch.setenv("FORGEKIT_CACHE", f"file://{tmp_path / 'c'}")
+    assert (cache_root(), shared_cache()) == (tmp_path / "c", None)
+    # on object storage: the tokenized data is cached there, the rest (models, downloads) on this machine
+    monkeypatch.setenv("FORGEKIT_CACHE", "s3://bucket/forgekit-cache/")
+    assert (cache_root(), shared_cache()) == (Path.home() / ".cache" / "forgekit", "s3://bucket/forgekit-cache")
 
 
 def test_cache_is_reused_and_invalidated_by_data_tokenizer_and_format(monkeypatch, tmp_path, tiny_model_dir):

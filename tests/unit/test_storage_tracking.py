@@ -131,6 +131,15 @@ def test_the_environment_chooses_mlflow_only_without_a_logger_section(tmp_path):
     assert logger_env(mlflow_cfg, tmp_path, {"DISABLE_MLFLOW_INTEGRATION": "TRUE"}) == ([], None, {})
 
 
+def test_wandb_writes_its_run_into_the_run_directory_unless_told_otherwise(tmp_path):
+    wb = _cfg(tmp_path, logger={"provider": "wandb", "provider_config": {"project": "p"}})
+    assert logger_env(wb, tmp_path / "run", {}) == (["wandb"], None, {"WANDB_PROJECT": "p",
+                                                                        "WANDB_DIR": str(tmp_path / "run")})
+    assert "WANDB_DIR" not in logger_env(wb, tmp_path / "run", {"WANDB_DIR": "/scratch/wandb"})[2]  # the user's
+    there = _cfg(tmp_path, logger={"provider": "wandb", "provider_config": {"dir": "/scratch/w"}})
+    assert logger_env(there, tmp_path / "run", {"WANDB_DIR": "/elsewhere"})[2] == {"WANDB_DIR": "/scratch/w"}
+
+
 def test_silogen_tracking_section_is_the_mlflow_logger(tmp_path):
     cfg = _cfg(tmp_path, tracking={"mlflow_server_uri": "file:///tmp/mlruns", "experiment_name": "default",
                                    "hf_mlflow_log_artifacts": "False"})

@@ -206,8 +206,8 @@ def test_an_llmforge_classification_yaml_with_another_error_reports_only_that_er
 def test_logger_provider_config_reaches_the_environment_of_transformers_callbacks(tmp_path, monkeypatch):
     from forgekit.tracking import logger_setup as _logger_setup
 
-    for key in ("WANDB_PROJECT", "WANDB_RUN_GROUP", "WANDB_TAGS", "WANDB_ENTITY", "MLFLOW_TRACKING_URI", "MLFLOW_TAGS",
-                "TENSORBOARD_LOGGING_DIR"):
+    for key in ("WANDB_PROJECT", "WANDB_RUN_GROUP", "WANDB_TAGS", "WANDB_ENTITY", "WANDB_DIR", "MLFLOW_TRACKING_URI",
+                "MLFLOW_TAGS", "TENSORBOARD_LOGGING_DIR"):
         # set, then removed: monkeypatch records the variable, so what logger_setup sets is undone after the test
         # (delenv of an absent variable records nothing, and MLFLOW_TRACKING_URI leaked into every later run)
         monkeypatch.setenv(key, "")
@@ -216,6 +216,7 @@ def test_logger_provider_config_reaches_the_environment_of_transformers_callback
                                                                          "tags": ["a", "b"], "entity": "team"}})
     assert _logger_setup(cfg, tmp_path) == (["wandb"], None)
     assert [os.environ[k] for k in ("WANDB_PROJECT", "WANDB_RUN_GROUP", "WANDB_TAGS", "WANDB_ENTITY")] == ["p", "g", "a,b", "team"]
+    assert os.environ["WANDB_DIR"] == str(tmp_path)  # the run's files in the run directory, not the worker's cwd
     cfg = _cfg(tmp_path, logger={"provider": "mlflow", "provider_config": {"tracking_uri": "file:/x", "tags": {"k": "v"}}})
     assert _logger_setup(cfg, tmp_path) == (["mlflow"], None)
     assert os.environ["MLFLOW_TRACKING_URI"] == "file:/x" and json.loads(os.environ["MLFLOW_TAGS"]) == {"k": "v"}
