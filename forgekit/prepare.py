@@ -211,13 +211,14 @@ def _tokenize_all(examples: list[Example], tok: Any, cfg: FinetuneConfig, bar: A
     return out, [ex.line for ex in examples]
 
 
-PARALLEL_FROM = 4000  # examples from which an unset num_preprocess_workers tokenizes in parallel
+PARALLEL_FROM = 30000  # examples from which an unset num_preprocess_workers tokenizes in parallel (break-even on
+# 2 cores: ~20,000; each spawned process costs ~3-4 s: benchmarks/results/preprocess-workers-cpu2*.json)
 MAX_AUTO_WORKERS = 16
 
 
 def preprocess_workers(cfg: FinetuneConfig, n_examples: int) -> int:
     """How many processes tokenize `n_examples`: `num_preprocess_workers`, else 1 below `PARALLEL_FROM` examples
-    (a process costs ~2 s to start and import transformers) and one per usable CPU core up to `MAX_AUTO_WORKERS`."""
+    (a process costs ~3-4 s to start and import transformers) and one per usable CPU core up to `MAX_AUTO_WORKERS`."""
     if cfg.num_preprocess_workers is not None:
         return max(1, min(cfg.num_preprocess_workers, n_examples))
     if n_examples < PARALLEL_FROM:
