@@ -230,11 +230,12 @@ def run_trl(spec: dict, opts: dict, t0: float = T0) -> dict:
     return _finish(trainer, record, meter)
 
 
-def run_trl_sweep(spec: dict, settings: list[dict], out: Path) -> dict:
+def run_trl_sweep(spec: dict, settings: list[dict], out: Path, runner: Any = None) -> dict:
     """The TRL settings one after the other in this process (imports and CUDA start paid once; each setting loads
     the model afresh): one record per setting, written to `out` after each, so a crash loses only the setting it
-    hit. An out-of-memory is that setting's record; a setting needing at least the memory of one that ran out is
-    skipped (``sweep.skipped_by``). Liger-off settings must come first (``sweep.settings`` orders them): Liger's
+    hit. `runner(spec, setting, t0=...)` runs one setting (default `run_trl`; DPO's: ``dpo_throughput.py``). An
+    out-of-memory is that setting's record; a setting needing at least the memory of one that ran out is skipped
+    (``sweep.skipped_by``). Liger-off settings must come first (``sweep.settings`` orders them): Liger's
     kernels patch the model classes for the rest of the process."""
     import gc
 
@@ -253,7 +254,7 @@ def run_trl_sweep(spec: dict, settings: list[dict], out: Path) -> dict:
                 torch.cuda.reset_peak_memory_stats()
             started = time.time()
             try:
-                record.update(run_trl(spec, setting, t0=started), ok=True)
+                record.update((runner or run_trl)(spec, setting, t0=started), ok=True)
             except Exception as e:  # noqa: BLE001 - an OOM or error is this setting's row; the sweep goes on
                 record.update(ok=False, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-2000:])
                 record["peak_alloc_gb"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
@@ -373,8 +374,9 @@ def run_save_model(spec: dict, opts: dict) -> dict:
 RUNNERS = {"hf": run_hf, "trl": run_trl, "levers": run_levers, "save-model": run_save_model}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one contender and write its JSON result (with the error, if it failed)."""
+def main(argv: list[str] | None = None, runners: dict[str, Any] | None = None) -> int:
+    """Run one contender and write its JSON result (with the error, if it failed). `runners` replace or add
+    contenders by name (``trl`` also runs the sweep's settings): ``dpo_throughput.py``'s DPO contenders."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("contender")
     p.add_argument("--spec", required=True, type=Path)
@@ -385,18 +387,20 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads(a.spec.read_text())
     spec.setdefault("tmp", str(a.out.parent / f"tmp-{os.getpid()}"))
     if name == "trl-sweep":  # --settings: the sweep's option dicts (JSON); the result file grows after each one
-        result = {"contender": "trl-sweep", **run_trl_sweep(spec, json.loads(a.settings), a.out), "ok": True}
+        result = {"contender": "trl-sweep", **run_trl_sweep(spec, json.loads(a.settings), a.out,
+                                                            runner=(runners or {}).get("trl")), "ok": True}
         a.out.write_text(json.dumps(result))
         return 0
-    if name == "forgekit":
+    if name == "forgekit" and "forgekit" not in (runners or {}):
         from forgekit_contender import run_forgekit
 
         RUNNERS["forgekit"] = run_forgekit
-    if name not in RUNNERS:
-        p.error(f"unknown contender {name!r}; choose from {sorted(RUNNERS)} or forgekit")
+    table = {**RUNNERS, **(runners or {})}
+    if name not in table:
+        p.error(f"unknown contender {name!r}; choose from {sorted(table)} or forgekit")
     result: dict[str, Any] = {"contender": a.contender}
     try:
-        result.update(RUNNERS[name](spec, parse_options(option_text)))
+        result.update(table[name](spec, parse_options(option_text)))
         result["ok"] = True
     except Exception as e:  # noqa: BLE001 - the parent reports the failure and goes on with the next contender
         result.update(getattr(e, "record", {}))  # steps a forgekit run logged before it failed

@@ -154,13 +154,15 @@ def prepare(args: argparse.Namespace, work: Path) -> dict:
     return spec
 
 
-def run_child(contender: str, work: Path, tag: str, timeout: float, extra: list[str] | None = None) -> dict:
-    """Run one contender in a child process; its JSON result plus the NVML memory peak."""
+def run_child(contender: str, work: Path, tag: str, timeout: float, extra: list[str] | None = None,
+              script: list[str] | None = None) -> dict:
+    """Run one contender in a child process; its JSON result plus the NVML memory peak. `script`: the child's
+    command after the interpreter (default ``benchmarks/contenders.py``; ``dpo_throughput.py --child`` for DPO)."""
     out = work / f"{tag}.json"
     out.unlink(missing_ok=True)
     env = {**os.environ, "FKB_T0": repr(time.time())}
-    cmd = [sys.executable, str(HERE / "contenders.py"), contender, "--spec", str(work / "spec.json"), "--out", str(out),
-           *(extra or [])]
+    cmd = [sys.executable, *(script or [str(HERE / "contenders.py")]), contender, "--spec", str(work / "spec.json"),
+           "--out", str(out), *(extra or [])]
     started = time.time()
     with MemoryPoller() as mem, open(work / f"{tag}.log", "w") as log:
         try:
