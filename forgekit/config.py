@@ -305,12 +305,14 @@ class FinetuneConfig(_Strict):
     )
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto",
-        description="forgekit: auto = bf16 on GPUs that support it, else fp32 (CPU workers train in fp32). bf16 "
-        "on a GPU asks for bf16 weights (an error where unsupported); on a CPU worker it means bf16 autocast "
-        "(weights, gradients and optimizer in fp32, matrix products in bf16) where the CPU has AMX or "
-        "AVX512-BF16 instructions, fp32 with a warning elsewhere. LoRA updates are added to the layer outputs "
-        "in fp32 there, so small updates are not rounded away: per-step losses within 0.03 of fp32 at lr 2e-4, "
-        "1.83x Trainer + peft in fp32 on 2 cores (benchmarks/results/README.md). fp32 turns bf16 off.",
+        description="forgekit: auto = bf16 on GPUs that support it, else fp32; on CPU workers bf16 autocast where "
+        "the CPU has AMX or AVX512-BF16 instructions, else fp32. bf16 on a GPU asks for bf16 weights (an error "
+        "where unsupported); on a CPU worker it means bf16 autocast (weights, gradients and optimizer in fp32, "
+        "matrix products in bf16), fp32 with a warning where the CPU lacks the instructions. LoRA updates are "
+        "added to the layer outputs in fp32 there, so small updates are not rounded away: the quickstart's eval "
+        "loss within 0.2% of fp32's at lr 2e-4 and 2e-3 (benchmarks/results/cpu-precision-default.json), 2.06x "
+        "Trainer + peft in fp32 on 2 cores (benchmarks/results/README.md). fp32 turns bf16 off (exact "
+        "comparisons with an fp32 reference want it).",
     )
     torch_compile: bool = Field(
         False,
@@ -1023,7 +1025,7 @@ DECIDED_ON_WORKER = {
     "pad_to_multiple_of": ((None,), "64 on CPU workers, 1 on GPUs"),
     "gradient_checkpointing": ((True,), "every layer on CPUs; on GPUs as many layers as memory needs (maybe none)"),
     "attn_implementation": (("auto",), "varlen FlashAttention on CUDA GPUs, sdpa on CPU"),
-    "precision": (("auto",), "bf16 on GPUs that support it, fp32 on CPU"),
+    "precision": (("auto",), "bf16 on GPUs that support it; on CPUs bf16 autocast with AMX / AVX512-BF16, else fp32"),
 }
 
 

@@ -9,8 +9,8 @@
   `worker_resources` are the Ray resources of each (`trainer_resources` is not used by Ray 2.60).
   `RAY_ADDRESS` / `address=` attaches to a running cluster; otherwise a local one starts with the dashboard off.
 - Engine: transformers `Trainer` with DeepSpeed from `deepspeed.config_path` ("auto" values filled from the
-  plan; an explicit value that contradicts it is a `ConfigError` naming both). bf16 on GPUs that support it,
-  fp32 on CPU. LoRA (`lora_config`, peft) or full-parameter; `gradient_checkpointing`; `attn_implementation`;
+  plan; an explicit value that contradicts it is a `ConfigError` naming both). bf16 on GPUs that support it;
+  on CPUs bf16 autocast with AMX / AVX512-BF16, else fp32. LoRA (`lora_config`, peft) or full-parameter; `gradient_checkpointing`; `attn_implementation`;
   `liger_kernel`; rope scaling when `context_length` exceeds the model's maximum.
 - Stages: `initial_base_model_ckpt_path` (full weights) or `initial_adapter_model_ckpt_path` (LoRA adapter).
 - Outputs (`output_dir/<run_name>/`): config.yaml, manifest.json, plan.json, metrics.jsonl (rank 0), checkpoints

@@ -182,7 +182,11 @@ def _model_and_levers(plan: Any, tokenizer: Any, bf16: bool, cpu_autocast: bool,
     if cfg.gradient_checkpointing:
         every = 1
         if on_gpu:  # checkpoint only as many layers as memory requires
-            every = perf.checkpoint_period(perf._base_model(model).config, plan.micro_batch * plan.context_length,
+            # a paired preference row is two sequences in one forward (TRL concatenates chosen and rejected)
+            pref = cfg.preference_tuning_config
+            paired = cfg.task == "preference_tuning" and (pref is None or pref.loss_type != "kto")
+            rows = plan.micro_batch * (2 if paired else 1)
+            every = perf.checkpoint_period(perf._base_model(model).config, rows * plan.context_length,
                                            m.free_activation_bytes(model, trainable, plan.zero_stage, world), liger=liger)
     checkpointed = perf.set_activation_checkpointing(model, every) if every else 0
     buckets = perf.zero3_buckets(plan.deepspeed, model) if plan.deepspeed else {}

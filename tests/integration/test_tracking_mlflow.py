@@ -199,7 +199,9 @@ def test_finetune_reports_its_run_to_the_server(mlflow_server, tiny_model_dir, t
     for section in ("batch", "schedule"):
         for key, value in plan[section].items():
             assert params[f"plan.{section}.{key}"] == str(value), (section, key)
-    assert params["plan.precision"] == plan["precision"] == "fp32"
+    from forgekit.hardware import cpu_has_bf16
+
+    assert params["plan.precision"] == plan["precision"] == ("bf16-autocast" if cpu_has_bf16() else "fp32")
     assert params["plan.batch.total_batch"] == "4" and params["plan.schedule.total_steps"] == "3"
     assert params["plan.data.context_length"] == str(plan["data"]["context_length"])
     assert params["plan.derived"] == ",".join(plan["derived"])

@@ -167,7 +167,10 @@ def test_two_workers_train_and_write_the_run_directory(runs, stage, lora):
     assert [r["step"] for r in evals] == [0, 3, 6]  # baseline, then every 3 steps
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
     assert all(r["tokens"] > 0 and r["tokens_per_second"] > 0 for r in train)
-    assert result["world_size"] == 2 and result["precision"] == "fp32" and result["steps"] == 6
+    from forgekit.hardware import cpu_has_bf16
+
+    expected = "bf16-autocast" if cpu_has_bf16() else "fp32"  # precision auto on CPU workers
+    assert result["world_size"] == 2 and result["precision"] == expected and result["steps"] == 6
     assert result["first_eval_loss"] == evals[0]["eval_loss"]
     assert result["best_eval_loss"] == min(r["eval_loss"] for r in evals if r["step"] > 0)  # not the baseline
     assert result["train_tokens"] == train[-1]["tokens"]
@@ -261,7 +264,8 @@ def test_weights_only_checkpoints_are_smaller_and_refuse_to_resume(runs):
 
 
 def test_cpu_bf16_autocast_trains_like_fp32(runs, ray_cluster, tiny_model_dir, data, tmp_path):
-    """precision: bf16 on CPU workers: autocast around the forward, fp32 weights; the same run as fp32 within bf16 noise."""
+    """precision auto (the default) on CPU workers with bf16 instructions: autocast around the forward, fp32 weights;
+    the same run as precision: fp32 within bf16 noise."""
     from safetensors.torch import load_file
 
     from forgekit.config import load_config
@@ -270,8 +274,8 @@ def test_cpu_bf16_autocast_trains_like_fp32(runs, ray_cluster, tiny_model_dir, d
 
     if not cpu_has_bf16():
         pytest.skip("this CPU has no bf16 instructions (AMX / AVX512-BF16)")
-    fp32 = runs[("zero_2", True)]
-    bf16 = finetune(load_config(config(tiny_model_dir, data, tmp_path / "runs", lora_config=LORA, precision="bf16")),
+    bf16 = runs[("zero_2", True)]  # the default precision
+    fp32 = finetune(load_config(config(tiny_model_dir, data, tmp_path / "runs", lora_config=LORA, precision="fp32")),
                     progress=False)
     assert bf16["precision"] == "bf16-autocast" and fp32["precision"] == "fp32"
     levers = json.loads((Path(bf16["run_dir"]) / "result.json").read_text())["levers"]
@@ -527,10 +531,10 @@ def test_worker_failure_exits_non_zero_with_the_workers_message(tiny_model_dir, 
 
 @pytest.mark.parametrize("has_bf16", [True, False])
 def test_precision_on_cpu_workers(monkeypatch, has_bf16):
-    """auto and fp32 train CPU workers in fp32; bf16 autocasts where the CPU has bf16 instructions, else fp32."""
+    """fp32 trains CPU workers in fp32; auto and bf16 autocast where the CPU has bf16 instructions, else fp32."""
     from forgekit.hardware import Hardware, precision_for
 
     cpu = Hardware(use_gpu=False, num_workers=2, device="cpu", bf16=False, cpu_bf16=has_bf16)
-    assert precision_for("auto", cpu) == "fp32"
+    assert precision_for("auto", cpu) == ("bf16-autocast" if has_bf16 else "fp32")
     assert precision_for("fp32", cpu) == "fp32"
     assert precision_for("bf16", cpu) == ("bf16-autocast" if has_bf16 else "fp32")  # fp32 weights either way
