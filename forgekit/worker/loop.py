@@ -25,7 +25,7 @@ def train_worker(wc: dict[str, Any]) -> None:
     from forgekit.tracking import continue_mlflow_run
     from forgekit.worker import model as m
     from forgekit.worker.checkpoints import CheckpointPublisher, cannot_resume, has_optimizer_state, node_dir
-    from forgekit.worker.metrics import MetricsFile
+    from forgekit.worker.metrics import MetricsFile, ThroughputInLogs
     from forgekit.worker.preference import preference_trainer
     from forgekit.worker.tracking import RunTracking
 
@@ -65,6 +65,7 @@ def train_worker(wc: dict[str, Any]) -> None:
     trainer = build(plan, model, tokenizer, train_ds, valid_ds, collator, reporter, publisher, bf16, cpu_autocast,
                     resumed=checkpoint is not None, rank=rank, run_dir=run_dir)
     trainer.add_callback(RunTracking(plan, wc["run_dir"], resumed=checkpoint is not None))  # after the providers'
+    ThroughputInLogs.install(trainer, reporter)  # tokens/s and MFU reach the trackers with each training log
 
     try:
         if checkpoint is None:

@@ -21,7 +21,8 @@ from transformers import TrainerCallback
 from forgekit import faults
 from forgekit.worker.checkpoints import CHECKPOINTS, DIVERGED, CheckpointPublisher
 
-__all__ = ["CLASSIFICATION_EVAL_KEYS", "PREFERENCE_KEYS", "EvaluationProgress", "MetricsFile", "Reporter"]
+__all__ = ["CLASSIFICATION_EVAL_KEYS", "PREFERENCE_KEYS", "EvaluationProgress", "MetricsFile", "Reporter",
+           "ThroughputInLogs"]
 
 # what a classification evaluation reports (classifier_config.eval_metrics), as the Trainer names it
 CLASSIFICATION_EVAL_KEYS = ("eval_accuracy", "eval_f1", "eval_prauc")
@@ -135,6 +136,7 @@ class Reporter(TrainerCallback):
         self.on_gpu = plan.hardware.use_gpu
         # the run's training time and the tokens trained in it, over every session of a resumed run
         self.last_time, self.last_tokens, self.train_time, self.timed_tokens = None, 0, 0.0, 0
+        self._timed_step, self._tps = None, 0.0  # the last logged step `throughput` timed, and its tokens/s
         self.diverged: str | None = None  # the message, once the loss or gradient norm is no longer finite
         self.profiler = None  # forgekit.profiling's callback on rank 0 with profile_steps
 
@@ -169,16 +171,30 @@ class Reporter(TrainerCallback):
     def on_evaluate(self, args, state, control, **kwargs):
         self.last_time = time.perf_counter()  # evaluation time is not training time
 
+    def throughput(self, state: Any, logs: dict | None = None) -> float:
+        """The real tokens/s of the steps since the last training log (timed once per logged step, however often
+        it is asked); with `logs`, `tokens_per_second` and (on GPUs) `mfu` are added to that dict, which every
+        later callback of the Trainer sees (`ThroughputInLogs` puts this before the trackers')."""
+        if self._timed_step != state.global_step:
+            now, tokens = time.perf_counter(), state.num_input_tokens_seen
+            dt = max(now - self.last_time, 1e-9)
+            self._tps = (tokens - self.last_tokens) / dt
+            self.train_time += dt
+            self.timed_tokens += tokens - self.last_tokens
+            self.last_time, self.last_tokens, self._timed_step = now, tokens, state.global_step
+        if logs is not None:
+            logs["tokens_per_second"] = round(self._tps, 2)
+            mfu = self.mfu(self._tps) if self.on_gpu and self._tps else None
+            if mfu:
+                logs["mfu"] = mfu
+        return self._tps
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = dict(logs or {})
-        now = time.perf_counter()
         base = {"step": state.global_step, "max_steps": self.max_steps, "epoch": round(state.epoch or 0.0, 4)}
         if "loss" in logs:
             tokens = state.num_input_tokens_seen
-            dt = max(now - self.last_time, 1e-9)
-            tps = (tokens - self.last_tokens) / dt
-            self.train_time += dt
-            self.timed_tokens += tokens - self.last_tokens
+            tps = self.throughput(state)
             row = {"kind": "train", **base, "loss": logs["loss"], "learning_rate": logs.get("learning_rate"),
                    "grad_norm": logs.get("grad_norm"), "tokens": tokens, "tokens_per_second": round(tps, 2),
                    "train_seconds": round(self.train_time, 3), "time": time.time()}
@@ -186,7 +202,6 @@ class Reporter(TrainerCallback):
             if self.profiler is not None and state.global_step in self.profiler.steps:
                 row["profiled"] = True  # the profiler slowed this step (forgekit.profiling)
             self.metrics.write({**row, **self._gpu_fields(tps)})
-            self.last_time, self.last_tokens = now, tokens
             if self.stop_on_nonfinite and not all(math.isfinite(logs.get(k, 0.0) or 0.0) for k in ("loss", "grad_norm")):
                 # stop every rank here (they all log the same reduced values), with no evaluation or checkpoint of
                 # the broken weights; raising would make Ray retry from the last checkpoint
@@ -250,3 +265,26 @@ class Reporter(TrainerCallback):
         if evals:
             row.update({k: evals[-1][k] for k in CLASSIFICATION_EVAL_KEYS if k in evals[-1]})
         self.metrics.write(row)
+
+
+class ThroughputInLogs(TrainerCallback):
+    """Puts the Reporter's tokens/s and MFU into each training log before the trackers' callbacks log it, so that
+    MLflow, W&B and TensorBoard get the series metrics.jsonl has (the same values). The Trainer runs the trackers'
+    callbacks before the ones passed to it; `install` puts this one right after `DefaultFlowCallback`, while the
+    Reporter itself stays after the trackers (MLflow logs a checkpoint's files before the Reporter publishes them)."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        self.reporter = reporter
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None and "loss" in logs:
+            self.reporter.throughput(state, logs)
+
+    @classmethod
+    def install(cls, trainer: Any, reporter: Reporter) -> None:
+        from transformers.trainer_callback import DefaultFlowCallback
+
+        callbacks = trainer.callback_handler.callbacks
+        at = next((i + 1 for i, c in enumerate(callbacks) if isinstance(c, DefaultFlowCallback)), 0)
+        callbacks.insert(at, cls(reporter))
+

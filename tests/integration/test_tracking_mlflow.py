@@ -190,7 +190,8 @@ def test_finetune_reports_its_run_to_the_server(mlflow_server, tiny_model_dir, t
     assert (run_dir / "mlflow_run_id").read_text().strip() == run_id
     train_rows, eval_rows = read_metrics(run_dir, "train"), read_metrics(run_dir, "eval")
     assert [r["step"] for r in train_rows] == [1, 2, 3] and [r["step"] for r in eval_rows] == [0, 3]
-    for key in ("loss", "learning_rate", "grad_norm"):
+    # tokens/s as metrics.jsonl has it (forgekit's ThroughputInLogs; MFU takes the same path on GPUs only)
+    for key in ("loss", "learning_rate", "grad_norm", "tokens_per_second"):
         _same_series(client, run_id, train_rows, key)
     _same_series(client, run_id, eval_rows, "eval_loss")
 

@@ -62,7 +62,10 @@ def _same(logged: dict[int, float], rows: list[dict], key: str, name: str) -> No
     assert [logged[r["step"]] for r in rows] == pytest.approx([r[key] for r in rows], rel=1e-6, abs=1e-9), name
 
 
-TRAIN_SERIES = {"loss": "loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm"}
+# tokens/s too (forgekit's ThroughputInLogs puts it into the Trainer's logs before the trackers log them); MFU is
+# the same path on GPUs only (no peak FLOP/s on a CPU)
+TRAIN_SERIES = {"loss": "loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm",
+                "tokens_per_second": "tokens_per_second"}
 
 
 def test_wandb_offline_run_lands_in_the_run_directory_with_metrics_jsonl_series(ray_cluster, tiny_model_dir, tmp_path):
