@@ -86,7 +86,7 @@ def check_deepspeed(cfg: FinetuneConfig, hw: Hardware) -> None:
     """The DeepSpeed file exists, parses, and agrees with the config's explicit values and its precision."""
     from forgekit.plan import deepspeed_config
 
-    precision = precision_for(cfg.precision, hw)
+    precision = precision_for(cfg.precision, hw, cfg.task)
     deepspeed_config(cfg, bf16={"bf16": True, "fp32": False, "bf16-autocast": False}.get(precision))
 
 

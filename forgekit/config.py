@@ -306,7 +306,8 @@ class FinetuneConfig(_Strict):
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto",
         description="forgekit: auto = bf16 on GPUs that support it, else fp32; on CPU workers bf16 autocast where "
-        "the CPU has AMX or AVX512-BF16 instructions, else fp32. bf16 on a GPU asks for bf16 weights (an error "
+        "the CPU has AMX or AVX512-BF16 instructions (fp32 for task: preference_tuning, whose rewards, differences "
+        "of log-probs, bf16 rounding turns into noise), else fp32. bf16 on a GPU asks for bf16 weights (an error "
         "where unsupported); on a CPU worker it means bf16 autocast (weights, gradients and optimizer in fp32, "
         "matrix products in bf16), fp32 with a warning where the CPU lacks the instructions. LoRA updates are "
         "added to the layer outputs in fp32 there, so small updates are not rounded away: the quickstart's eval "

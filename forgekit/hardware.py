@@ -98,9 +98,10 @@ def detect_hardware(cfg, cluster: Mapping[str, float] | None = None, *, local: b
                     cpu_bf16=cpu_has_bf16() if not use_gpu else False, local=local)
 
 
-def precision_for(precision: str, hw: Hardware) -> str:
-    """What `precision` becomes on `hw`: "bf16" (bf16 weights), "bf16-autocast" (CPU: fp32 weights, bf16 matrix
-    products), "fp32", or "auto" where the workers' GPU decides (bf16 when it supports it).
+def precision_for(precision: str, hw: Hardware, task: str | None = None) -> str:
+    """What `precision` becomes on `hw` for `task`: "bf16" (bf16 weights), "bf16-autocast" (CPU: fp32 weights, bf16
+    matrix products; `auto`'s choice on CPUs with bf16 instructions, except for preference tuning), "fp32", or "auto"
+    where the workers' GPU decides (bf16 when it supports it).
 
     Raises:
         ConfigError: `precision: bf16` on GPUs known not to support it.
@@ -115,7 +116,10 @@ def precision_for(precision: str, hw: Hardware) -> str:
         # (benchmarks/cpu_precision_default.py)
         if precision == "bf16" and not hw.cpu_bf16:
             log.warning("forgekit: precision: bf16, but this CPU has no bf16 instructions (AMX / AVX512-BF16): fp32")
-        return "bf16-autocast" if precision in ("auto", "bf16") and hw.cpu_bf16 else "fp32"
+        # except preference tuning under auto: its rewards are differences of policy and reference log-probs, which
+        # bf16 rounding turns into noise (step 0's rewards are not 0, its reward accuracy 0.6, not a tie)
+        wanted = precision == "bf16" or (precision == "auto" and task != "preference_tuning")
+        return "bf16-autocast" if wanted and hw.cpu_bf16 else "fp32"
     if hw.bf16 is None:
         return "auto" if precision == "auto" else "bf16"
     if precision == "bf16" and not hw.bf16:

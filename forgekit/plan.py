@@ -432,7 +432,7 @@ def make_plan(cfg: FinetuneConfig, hardware: Hardware, prepared: PreparedData) -
         derived.add("num_epochs")
     freq = cfg.checkpoint_and_evaluation_frequency
     schedule = eval_schedule(st.steps_per_epoch, st.total, freq.unit, freq.frequency, prepared.valid_dir is not None)
-    precision = precision_for(cfg.precision, hardware)
+    precision = precision_for(cfg.precision, hardware, cfg.task)
     bf16 = {"bf16": True, "fp32": False, "bf16-autocast": False}.get(precision)
     ds = deepspeed_config(cfg, bf16=bf16, micro_batch=micro, accumulation=accum)
     packed = prepared.spec.packing

@@ -48,6 +48,7 @@ __all__ = [
     "remove",
     "scheme",
     "upload_dir",
+    "write_bytes",
     "write_text",
 ]
 
@@ -253,6 +254,20 @@ def write_text(path: str | os.PathLike, text: str, key: str | None = None) -> No
         return
     fs, inner = filesystem(target, key)
     _call(target, key, fs.pipe_file, inner, text.encode("utf-8"))
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, key: str | None = None) -> None:
+    """`write_text` for bytes (a figure, say): the old or the new content, never a part."""
+    target = str(path)
+    if not is_remote(target):
+        local = Path(_local(target)).expanduser()
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f".{local.name}.tmp-{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, local)
+        return
+    fs, inner = filesystem(target, key)
+    _call(target, key, fs.pipe_file, inner, data)
 
 
 def listdir(path: str | os.PathLike, key: str | None = None) -> list[str]:

@@ -138,11 +138,13 @@ def shared_ray_cluster(tmp_path_factory: pytest.TempPathFactory):
 def _notebooks_share_one_ray_cluster(request: pytest.FixtureRequest) -> None:
     """Notebook tests (papermill kernels inherit `RAY_ADDRESS`) use the session's shared cluster.
 
-    Except the two that measure the workers' memory: `track_worker_memory` sees only workers of a cluster
-    the kernel started itself.
+    Except the two that measure the workers' memory (`track_worker_memory` sees only workers of a cluster the kernel
+    started itself) and the launch-as-job cookbook, whose launches start clusters with the S3 server's variables.
     """
     name = request.node.module.__name__.rsplit(".", 1)[-1] if request.node.module else ""
-    own_cluster = name in ("test_nb_optimize_cost", "test_nb_lora_vs_full")
+    # (and the launch-as-job cookbook, whose runs write to a local S3 server: a cluster started by each launch has
+    # its AWS variables, the session's shared one does not)
+    own_cluster = name in ("test_nb_optimize_cost", "test_nb_lora_vs_full", "test_nb_launch_as_job")
     if (name.startswith("test_nb_") or name == "test_toolcalling_notebook") and not own_cluster:
         request.getfixturevalue("shared_ray_cluster")
     elif own_cluster:

@@ -538,3 +538,5 @@ def test_precision_on_cpu_workers(monkeypatch, has_bf16):
     assert precision_for("auto", cpu) == ("bf16-autocast" if has_bf16 else "fp32")
     assert precision_for("fp32", cpu) == "fp32"
     assert precision_for("bf16", cpu) == ("bf16-autocast" if has_bf16 else "fp32")  # fp32 weights either way
+    assert precision_for("auto", cpu, "preference_tuning") == "fp32"  # rewards: log-prob differences
+    assert precision_for("bf16", cpu, "preference_tuning") == ("bf16-autocast" if has_bf16 else "fp32")
