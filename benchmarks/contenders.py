@@ -80,7 +80,9 @@ class TokenMeter:
             self.total += self.pending.popleft()
 
 
-def _callback(meter: TokenMeter, record: dict, t0: float = T0) -> Any:
+def _callback(meter: TokenMeter | None, record: dict, t0: float = T0) -> Any:
+    """The end of each optimizer step and the real tokens so far into `record`: `meter`'s count, or with None the
+    Trainer's own non-padding count (`include_num_input_tokens_seen`)."""
     from transformers import TrainerCallback
 
     class Clock(TrainerCallback):
@@ -90,7 +92,7 @@ def _callback(meter: TokenMeter, record: dict, t0: float = T0) -> Any:
             if not record["times"]:
                 record["t_first_step"] = now - t0
             record["times"].append(now)
-            record["tokens"].append(meter.total)
+            record["tokens"].append(meter.total if meter is not None else state.num_input_tokens_seen)
 
     return Clock()
 

@@ -187,9 +187,9 @@ def prepare(args: argparse.Namespace, work: Path) -> dict:
 def run_trl_dpo(spec: dict, opts: dict, t0: float = T0) -> dict:
     """TRL's DPOTrainer alone on the spec's pairs; options ``liger`` (0), ``ckpt`` (0), ``attn`` (sdpa), ``batch``
     (pairs per micro-batch; the spec's, the accumulation keeping the pairs per step), ``steps`` (the sweep's)."""
-    from contenders import _finish, _load_model, _lora_config, _sync, _train_args
+    from contenders import _callback, _finish, _load_model, _lora_config, _train_args
     from datasets import Dataset
-    from transformers import AutoTokenizer, TrainerCallback, set_seed
+    from transformers import AutoTokenizer, set_seed
     from trl import DPOConfig, DPOTrainer
 
     from forgekit import perf
@@ -200,17 +200,6 @@ def run_trl_dpo(spec: dict, opts: dict, t0: float = T0) -> dict:
     ckpt, liger, attn = opts.get("ckpt", "0") == "1", opts.get("liger", "0") == "1", opts.get("attn", "sdpa")
     record: dict[str, Any] = {"times": [], "tokens": [], "config": {"batch": batch, "accum": accum, "ckpt": ckpt,
                                                                     "liger": liger, "attn": attn, "ref": spec["ref"]}}
-
-    class StepClock(TrainerCallback):
-        """The end of each optimizer step and the real tokens so far (the Trainer's non-padding count)."""
-
-        def on_step_end(self, args, state, control, **kwargs):
-            _sync()
-            now = time.time()
-            if not record["times"]:
-                record["t_first_step"] = now - t0
-            record["times"].append(now)
-            record["tokens"].append(state.num_input_tokens_seen)
 
     args = DPOConfig(**_train_args(
         spec, spec["tmp"], max_steps=int(opts.get("steps", spec["steps"])), per_device_train_batch_size=batch,
@@ -223,7 +212,7 @@ def run_trl_dpo(spec: dict, opts: dict, t0: float = T0) -> dict:
     set_seed(spec["seed"])  # LoRA's A matrices are drawn when the trainer wraps the model
     started = time.time()
     trainer = DPOTrainer(model=model, args=args, processing_class=tok, train_dataset=pairs,
-                         peft_config=_lora_config(spec), callbacks=[StepClock()])
+                         peft_config=_lora_config(spec), callbacks=[_callback(None, record, t0)])
     record["trainer_build_s"] = time.time() - started  # TRL's tokenization and the reference pass (precompute)
     trainer.train()
     _finish(trainer, record, None)

@@ -66,22 +66,23 @@ def slow_node(rank: int) -> None:
         time.sleep(1.0)
 
 
-def die_after_checkpoint(run_dir: Path, step: int, rank: int, world: int) -> None:
-    """Exit this process once (rank 1, else 0) after the checkpoint of step `die_after_step` is published."""
-    at = _get("die_after_step")
+def _die_once(fault: str, run_dir: Path, step: int, dies: bool) -> None:
+    """Exit this process (once per run: a marker in `run_dir`) where `dies` and `step` is the fault's step."""
+    at = _get(fault)
     marker = Path(run_dir) / _DIED
-    if at and int(at) == step and rank == min(1, world - 1) and not marker.exists():
+    if at and int(at) == step and dies and not marker.exists():
         marker.touch()
         os._exit(1)
+
+
+def die_after_checkpoint(run_dir: Path, step: int, rank: int, world: int) -> None:
+    """Exit this process once (rank 1, else 0) after the checkpoint of step `die_after_step` is published."""
+    _die_once("die_after_step", run_dir, step, rank == min(1, world - 1))
 
 
 def die_during_save(run_dir: Path, step: int, rank: int) -> None:
     """Exit this process once (rank 0) while the checkpoint of step `die_during_save` is half-way into the run dir."""
-    at = _get("die_during_save")
-    marker = Path(run_dir) / _DIED
-    if at and int(at) == step and rank == 0 and not marker.exists():
-        marker.touch()
-        os._exit(1)
+    _die_once("die_during_save", run_dir, step, rank == 0)
 
 
 def disk_full(step: int, copied: int, target: str | os.PathLike) -> None:

@@ -153,21 +153,17 @@ def _pyplot(path: str | Path | None) -> Any:
 
 
 def _save(fig: Any, path: str | Path | None) -> None:
-    """Save to a local path or a URL (`s3://`, `gs://`: a remote run directory, through `forgekit.storage`)."""
+    """Save to a local path or a URL (`s3://`, `gs://`: a remote run directory), through `forgekit.storage`."""
+    import io
+
+    from forgekit import storage
+
     fig.tight_layout()
     if path is None:
         return
-    from forgekit import storage
-
-    if storage.is_remote(path):
-        import io
-
-        buf = io.BytesIO()
-        fig.savefig(buf, dpi=110, format=Path(str(path)).suffix.lstrip(".") or "png")
-        storage.write_bytes(path, buf.getvalue())
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format=Path(str(path)).suffix.lstrip(".") or "png")
+    storage.write_bytes(path, buf.getvalue())
 
 
 def plot_lr_schedules(

@@ -493,13 +493,16 @@ def prepare_data(cfg: FinetuneConfig, spec: DataSpec | None = None, *, use_gpu: 
         log.info("forgekit: removed %s, left by an interrupted data preparation", stale)
     shared = None if root else shared_cache()
     shared_dir = storage.join(shared, "prepared", key) if shared else None
-    if (target / "manifest.json").exists() or (shared_dir and _fetch_shared(shared_dir, target)):
+    in_shared = bool(shared_dir) and _in_shared(shared_dir)  # one look at the bucket per call
+    if not (target / "manifest.json").exists() and in_shared:
+        _fetch_shared(shared_dir, target)
+    if (target / "manifest.json").exists():
         manifest = json.loads((target / "manifest.json").read_text())
         manifest["cache_hit"] = True
     else:
         manifest = _build(cfg, spec, tok, model_max, target, parts)
         manifest["cache_hit"] = False
-    if shared_dir and not storage.exists(storage.join(shared_dir, "manifest.json"), "FORGEKIT_CACHE"):
+    if shared_dir and not in_shared:
         _share(target, shared_dir)
     return PreparedData(
         train_dir=target / "train",
@@ -519,18 +522,19 @@ def _share(target: Path, shared_dir: str) -> None:
     storage.write_text(storage.join(shared_dir, "manifest.json"), (target / "manifest.json").read_text(), "FORGEKIT_CACHE")
 
 
-def _fetch_shared(shared_dir: str, target: Path) -> bool:
-    """Download the shared cache's entry (when complete: it has its manifest) to `target`, renamed into place whole;
-    whether it was there."""
-    if not storage.exists(storage.join(shared_dir, "manifest.json"), "FORGEKIT_CACHE"):
-        return False
+def _in_shared(shared_dir: str) -> bool:
+    """Whether the shared cache holds the entry whole (its manifest is uploaded last)."""
+    return storage.exists(storage.join(shared_dir, "manifest.json"), "FORGEKIT_CACHE")
+
+
+def _fetch_shared(shared_dir: str, target: Path) -> None:
+    """Download the shared cache's complete entry to `target`, renamed into place whole."""
     tmp = temp_dir(target.parent, STAGING)
     storage.download_dir(shared_dir, tmp, "FORGEKIT_CACHE")
     if target.exists():  # another process of this machine was first
         shutil.rmtree(tmp, ignore_errors=True)
     else:
         os.replace(tmp, target)
-    return True
 
 
 def node_data(data: PreparedData) -> PreparedData:
@@ -548,10 +552,12 @@ def node_data(data: PreparedData) -> PreparedData:
         return data
     target = (cache_root() / "prepared" / data.cache_dir.name).absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
-    if not (target / "manifest.json").exists() and not _fetch_shared(data.shared_dir, target):
-        raise FileNotFoundError(f"{data.shared_dir}: the tokenized data is not in the shared cache (FORGEKIT_CACHE)")
+    if not (target / "manifest.json").exists():
+        if not _in_shared(data.shared_dir):
+            raise FileNotFoundError(f"{data.shared_dir}: the tokenized data is not in the shared cache (FORGEKIT_CACHE)")
+        _fetch_shared(data.shared_dir, target)
     return replace(data, train_dir=target / "train", tokenizer_dir=target / "tokenizer", cache_dir=target,
-                               valid_dir=target / "valid" if data.valid_dir else None)
+                   valid_dir=target / "valid" if data.valid_dir else None)
 
 
 def collate(

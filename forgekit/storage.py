@@ -244,16 +244,7 @@ def read_text(path: str | os.PathLike, key: str | None = None) -> str:
 def write_text(path: str | os.PathLike, text: str, key: str | None = None) -> None:
     """Write a whole file at once: readers see the old or the new content, never a part (a local file is renamed
     into place; an object store's PUT is atomic)."""
-    target = str(path)
-    if not is_remote(target):
-        local = Path(_local(target)).expanduser()
-        local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_name(f".{local.name}.tmp-{os.getpid()}")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, local)
-        return
-    fs, inner = filesystem(target, key)
-    _call(target, key, fs.pipe_file, inner, text.encode("utf-8"))
+    write_bytes(path, text.encode("utf-8"), key)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes, key: str | None = None) -> None:

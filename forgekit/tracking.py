@@ -99,15 +99,13 @@ def logger_env(cfg: FinetuneConfig, run_dir: str | Path,
     match name:
         case None:
             return [], None, {}
-        case "wandb":
+        case "wandb" | "mlflow":
             env = {_variable(name, key): _value(value) for key, value in settings.items()}
-            # the run's files (an offline run's .wandb log) in the run directory, not in the worker's working
-            # directory (Ray's session folder); `provider_config.dir` or the environment's WANDB_DIR choose another
-            if "WANDB_DIR" not in env and not environ.get("WANDB_DIR"):
+            # W&B's files (an offline run's .wandb log) in the run directory, not in the worker's working directory
+            # (Ray's session folder); `provider_config.dir` or the environment's WANDB_DIR choose another
+            if name == "wandb" and "WANDB_DIR" not in env and not environ.get("WANDB_DIR"):
                 env["WANDB_DIR"] = str(run_dir)
             return [name], None, env
-        case "mlflow":
-            return [name], None, {_variable(name, key): _value(value) for key, value in settings.items()}
         case _:
             logging_dir = str(settings.get("log_dir", Path(run_dir) / "tensorboard"))
             # transformers 5 dropped TrainingArguments.logging_dir; its TensorBoard callback reads this

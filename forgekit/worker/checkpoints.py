@@ -45,25 +45,17 @@ def _free(path: Path) -> int:
     return shutil.disk_usage(next(d for d in (path, *path.parents) if d.exists())).free
 
 
-def _is_disk_full(e: BaseException | None) -> bool:
-    """Whether `e` (or what caused it) is a write refused for want of space or quota; torch's and safetensors'
-    writers keep only the OS's text (`file write failed`, `StorageFull`), shutil.copytree only the errors' text."""
+def _disk_full(e: BaseException | None) -> tuple[bool, Path | None]:
+    """Whether `e` (or what caused it) is a write refused for want of space or quota, and the file it names (an
+    OSError's filename), if any. torch's and safetensors' writers keep only the OS's text (`file write failed`,
+    `StorageFull`), shutil.copytree only the errors' text: those count too, without a file."""
+    said = False
     while e is not None:
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if any(text in str(e) for text in ("No space left on device", "Disk quota exceeded", "StorageFull")):
-            return True
+            return True, Path(e.filename) if e.filename else None
+        said = said or any(text in str(e) for text in ("No space left on device", "Disk quota exceeded", "StorageFull"))
         e = e.__cause__ or e.__context__
-    return False
-
-
-def _refused_file(e: BaseException | None) -> Path | None:
-    """The file a write refused for want of space names (an OSError's filename), if any."""
-    while e is not None:
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) and e.filename:
-            return Path(e.filename)
-        e = e.__cause__ or e.__context__
-    return None
+    return said, None
 
 
 def disk_full_message(step: int | None, directory: str | Path, needed: int | None, free: int) -> str:
@@ -236,7 +228,7 @@ class CheckpointPublisher:
                 faults.disk_full(step, len(copied), dst)
                 shutil.copy2(src, dst)
             except OSError as e:
-                if _is_disk_full(e):  # stop at once: copytree would try every other file
+                if _disk_full(e)[0]:  # stop at once: copytree would try every other file
                     raise DiskFull(str(e)) from e
                 raise
             copied.append(dst)
@@ -245,7 +237,7 @@ class CheckpointPublisher:
         try:
             shutil.copytree(local, gathered, dirs_exist_ok=True, copy_function=copy)
         except (DiskFull, OSError) as e:  # (copytree reports the files it could not copy as one shutil.Error)
-            if not isinstance(e, DiskFull) and not _is_disk_full(e):
+            if not isinstance(e, DiskFull) and not _disk_full(e)[0]:
                 raise
             shutil.rmtree(gathered, ignore_errors=True)
             raise DiskFull(disk_full_message(step, gathered.parent, needed, _free(gathered.parent))) from e
@@ -276,8 +268,7 @@ class CheckpointPublisher:
             shutil.rmtree(self.gathering, ignore_errors=True)
         if isinstance(error, DiskFull):
             return error
-        said = _is_disk_full(error)
-        named = _refused_file(error)
+        said, named = _disk_full(error)
         if said and named and not any(named.is_relative_to(d) for d in (self.staging, writing)):
             return DiskFull(f"no space left on device: {named} could not be written ({_free(named.parent):,} bytes are "
                             "free there): free space there, and run the same command again: it resumes from the last "
