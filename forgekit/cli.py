@@ -187,7 +187,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="log checkpoints to MLflow as artifacts (= tracking.hf_mlflow_log_artifacts)")
     p.add_argument("--num-preprocess-workers", type=int, default=None, metavar="N",
                    help="processes that tokenize the data (= num_preprocess_workers; default: 1 below 30,000 "
-                   "examples, else one per CPU core, at most 16)")
+                   "examples, else one per CPU core, at most 8)")
 
 
 def _add_merge_options(p: argparse.ArgumentParser) -> None:

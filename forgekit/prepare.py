@@ -213,7 +213,9 @@ def _tokenize_all(examples: list[Example], tok: Any, cfg: FinetuneConfig, bar: A
 
 PARALLEL_FROM = 30000  # examples from which an unset num_preprocess_workers tokenizes in parallel (break-even on
 # 2 cores: ~20,000; each spawned process costs ~3-4 s: benchmarks/results/preprocess-workers-cpu2*.json)
-MAX_AUTO_WORKERS = 16
+# at most 8: on a 16-core host 40,000 chats took 24.3 s in 1 process, 14.3 s in 8, 16.2 s in 16 (the writing after
+# tokenizing is serial): benchmarks/results/preprocess-workers-h100host-16core.json
+MAX_AUTO_WORKERS = 8
 
 
 def preprocess_workers(cfg: FinetuneConfig, n_examples: int) -> int:

@@ -16,7 +16,7 @@ import pytest
 from safetensors import safe_open
 
 from forgekit.runs import list_checkpoints, read_metrics
-from tests.integration.test_train import CLI, LORA, REPO, config, data, ray_cluster, write_config  # noqa: F401
+from tests.integration.test_train import CLI, LORA, REPO, config, write_config
 
 QLORA = {"quantization_type": "bits-and-bytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
          "bnb_4bit_use_double_quant": True}
@@ -32,7 +32,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def run(ray_cluster, tiny_model_dir, data, tmp_path_factory) -> dict:  # noqa: F811
+def run(ray_cluster, tiny_model_dir, data, tmp_path_factory) -> dict:
     """The QLoRA run: 2 CPU workers, ZeRO-2, the 4-bit base in nf4 with double quantization."""
     from forgekit.config import load_config
     from forgekit.train import finetune
@@ -88,7 +88,7 @@ def test_merge_of_a_qlora_checkpoint_goes_into_the_unquantized_base(run, tmp_pat
     assert moved > 1e-2  # the trained adapter is in the merged weights
 
 
-def test_validate_prints_the_quantization_and_its_memory_effect(tiny_model_dir, data, tmp_path):  # noqa: F811
+def test_validate_prints_the_quantization_and_its_memory_effect(tiny_model_dir, data, tmp_path):
     path = write_config(tmp_path / "qlora.yaml", qlora_config(tiny_model_dir, data, tmp_path / "runs"))
     proc = cli("validate", str(path))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -98,7 +98,7 @@ def test_validate_prints_the_quantization_and_its_memory_effect(tiny_model_dir, 
 
 
 @pytest.mark.parametrize("storage", [None, "float32"])
-def test_zero3_qlora_on_cpu_workers_is_a_config_error_before_any_worker(tiny_model_dir, data, tmp_path, storage):  # noqa: F811
+def test_zero3_qlora_on_cpu_workers_is_a_config_error_before_any_worker(tiny_model_dir, data, tmp_path, storage):
     """ZeRO-3 QLoRA trains on CPU workers, but bitsandbytes' CPU kernels repack the 4-bit weights ZeRO-3 partitions at
     the first evaluation, and the next checkpoint fails (tried: an AssertionError in bitsandbytes' state_dict)."""
     quant = {"bnb_4bit_quant_storage": storage} if storage else {}

@@ -54,7 +54,7 @@ def test_the_automatic_choice_and_the_explicit_value(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
     auto = load_config({"model_id": "m", "train_path": "t.jsonl"})
     assert preprocess_workers(auto, PARALLEL_FROM - 1) == 1
-    assert preprocess_workers(auto, PARALLEL_FROM) == 16  # one per core, at most 16
+    assert preprocess_workers(auto, PARALLEL_FROM) == 8  # one per core, at most 8
     two = load_config({"model_id": "m", "train_path": "t.jsonl", "num_preprocess_workers": 2})
     assert preprocess_workers(two, 10) == 2 and preprocess_workers(two, 1) == 1
     with pytest.raises(Exception, match="num_preprocess_workers"):
