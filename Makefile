@@ -37,11 +37,13 @@ quickstart: install data
 	$(BIN)/forgekit models fetch smollm2-135m-instruct
 	$(BIN)/python scripts/quickstart.py $(QUICKSTART)
 
-# each integration test file in a process of its own: a Ray Train run in one pytest process after another module's
-# cluster was shut down was seen to die ("TrainController ... cancelled before it started running"; issue 23)
+# one pytest process per job (the unit tests; the notebooks sharing one Ray cluster; each notebook with clusters of its
+# own; each integration file: a Ray Train run in one pytest process after another module's cluster was shut down was
+# seen to die, "TrainController ... cancelled before it started running"), two at a time on 2 cores, longest first:
+# a tiny model's run is mostly fixed cost (Ray starting actors, workers importing torch) with cores idle a third of
+# the time. Each job's log: .test-logs/; a failed job's tail is printed. One job: $(BIN)/python -m pytest -q FILE
 test: install data
-	$(BIN)/python -m pytest -q tests/unit tests/notebooks
-	set -e; for f in tests/integration/test_*.py; do $(BIN)/python -m pytest -q $$f || [ $$? -eq 5 ]; done
+	$(BIN)/python scripts/run_tests.py -- --durations=10
 
 lint: install
 	$(BIN)/ruff check forgekit tests benchmarks scripts

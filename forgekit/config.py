@@ -185,6 +185,12 @@ class PreferenceTuningConfig(_Strict):
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description=(
         "TRL's label_smoothing: for loss_type robust the probability a preference label is flipped (0.1 is typical)."))
     simpo_gamma: float = Field(0.5, ge=0, description="SimPO's target reward margin γ (loss_type simpo only).")
+    rpo_alpha: float | None = Field(None, ge=0, description=(
+        "Weight of a supervised term added to the pairwise loss: the negative log-likelihood of the chosen answer "
+        "(RPO, Pang et al. 2024; TRL's loss_type [<loss>, 'sft'] with loss_weights [1, rpo_alpha]). Plain DPO can "
+        "raise the margin by making both answers less likely, which small models show as generations that lose "
+        "the preferred format; this keeps the chosen answers likely (1.0 is the paper's value). Unset: none. Not "
+        "with loss_type kto or simpo."))
     desirable_weight: float = Field(1.0, gt=0, description="KTO: weight of the desirable (label true) completions.")
     undesirable_weight: float = Field(1.0, gt=0, description="KTO: weight of the undesirable (label false) ones.")
     precompute_ref_log_probs: bool = Field(True, description=(
@@ -201,6 +207,13 @@ class PreferenceTuningConfig(_Strict):
     @property
     def reference_free(self) -> bool:
         return self.loss_type == "simpo"
+
+    @model_validator(mode="after")
+    def _rpo_needs_a_pairwise_reference_loss(self) -> PreferenceTuningConfig:
+        if self.rpo_alpha and self.loss_type in ("kto", "simpo"):
+            raise ValueError(f"rpo_alpha adds a supervised term to a DPO-family loss: not with loss_type "
+                             f"{self.loss_type} (unset rpo_alpha, or use sigmoid, ipo, hinge or robust)")
+        return self
 
 
 class FinetuneConfig(_Strict):

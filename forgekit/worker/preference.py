@@ -76,7 +76,9 @@ def preference_trainer(plan: Any, model: Any, tokenizer: Any, train_ds: Any, val
                                            undesirable_weight=pref.undesirable_weight)
     else:
         loss = "sigmoid_norm" if pref.reference_free else pref.loss_type
-        base, args = DPOTrainer, DPOConfig(**args, loss_type=[loss], label_smoothing=pref.label_smoothing)
+        rpo = {"loss_type": [loss, "sft"], "loss_weights": [1.0, pref.rpo_alpha]} if pref.rpo_alpha else {
+            "loss_type": [loss]}
+        base, args = DPOTrainer, DPOConfig(**args, **rpo, label_smoothing=pref.label_smoothing)
     cls = m.trainer_class(cpu_autocast, _pretokenized(base, simpo_shift=pref.simpo_gamma / pref.beta
                                                       if pref.reference_free else None))
     drop = [c for c in ("length",) if c in train_ds.column_names]

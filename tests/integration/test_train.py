@@ -2,7 +2,9 @@
 
 Every run trains the tiny random model (tests/conftest.py) for a few steps. One local Ray cluster serves the
 whole module (starting one costs ~10 s). The runs of their own (kill and resume, divergence, failures) are in
-test_train_recovery.py.
+test_train_recovery.py. Continuing from an adapter or from full weights (stage 2's first evaluation equals stage 1's
+at its best checkpoint) is the continue-from-checkpoint cookbook's test (tests/notebooks), and from an adapter on
+object storage test_remote_run.py's.
 """
 
 from __future__ import annotations
@@ -261,28 +263,6 @@ def test_cpu_bf16_autocast_trains_like_fp32(runs, ray_cluster, tiny_model_dir, d
     assert b[6] < b[1] - 0.25
     weights = load_file(Path(bf16["best_checkpoint"]) / "adapter_model.safetensors")
     assert {str(t.dtype) for t in weights.values()} == {"torch.float32"}  # the weights stayed fp32
-
-
-def test_continue_from_adapter_and_from_full_weights(runs, ray_cluster, tiny_model_dir, data, tmp_path):
-    """Stage 2 starts where stage 1 ended: its first evaluation equals stage 1's best, far below stage 1's start."""
-    from forgekit.config import load_config
-    from forgekit.train import finetune
-
-    stage1_lora, stage1_full = runs[("zero_2", True)], runs[("zero_2", False)]
-    common = {"max_steps": 2, "checkpoint_and_evaluation_frequency": {"unit": "steps", "frequency": 2}}
-    from_adapter = finetune(load_config(config(
-        tiny_model_dir, data, tmp_path / "a", initial_adapter_model_ckpt_path=stage1_lora["best_checkpoint"], lora_config=LORA,
-        **common,
-    )), progress=False)
-    from_full = finetune(load_config(config(
-        tiny_model_dir, data, tmp_path / "b", initial_base_model_ckpt_path=stage1_full["best_checkpoint"],
-        learning_rate=3e-3, **common,
-    )), progress=False)
-    for stage1, stage2 in ((stage1_lora, from_adapter), (stage1_full, from_full)):
-        assert stage2["first_eval_loss"] == pytest.approx(stage1["best_eval_loss"], rel=2e-3)
-        assert stage2["first_eval_loss"] < stage1["first_eval_loss"] - 0.2
-    assert (Path(from_adapter["best_checkpoint"]) / "adapter_model.safetensors").is_file()
-    assert (Path(from_full["best_checkpoint"]) / "model.safetensors").is_file()
 
 
 def _train_losses(run_dir: Path) -> dict[int, float]:

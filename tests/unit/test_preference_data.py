@@ -156,3 +156,14 @@ def test_llmforge_preference_config_validates_with_notes():
     notes = "\n".join(cfg.notes)
     assert "custom_resources, concurrency not used" in notes and "precompute_ref_batch_size" in notes
     assert "num_data_blocks_per_device" in notes and "gradient_checkpointing: true" in notes
+
+
+@pytest.mark.parametrize("loss_type", ["kto", "simpo"])
+def test_rpo_alpha_with_a_loss_it_cannot_join_names_the_key(loss_type):
+    from forgekit.config import ConfigError
+
+    base = {"model_id": "m", "train_path": "t.jsonl", "task": "preference_tuning"}
+    assert load_config({**base, "preference_tuning_config": {"rpo_alpha": 1.0}}).preference_tuning_config.rpo_alpha == 1
+    with pytest.raises(ConfigError) as e:
+        load_config({**base, "preference_tuning_config": {"rpo_alpha": 1.0, "loss_type": loss_type}})
+    assert "preference_tuning_config" in str(e.value) and f"not with loss_type {loss_type}" in str(e.value)
