@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -512,6 +513,7 @@ def finetune(
     )
     storage.remove(storage.join(run_dir, DIVERGED))  # a re-run after lowering the learning rate starts clean
     started = time.time()
+    _record_session(run_dir, started)
     bar = _Progress(storage.join(run_dir, "metrics.jsonl"), progress_enabled(progress))
     bar.start()
     try:
@@ -526,7 +528,7 @@ def finetune(
         raise TrainingError(f"training failed in a worker: {_worker_error(result.error)}")
     if storage.exists(storage.join(run_dir, DIVERGED)):
         raise TrainingDiverged(storage.read_text(storage.join(run_dir, DIVERGED)).strip())
-    summary = _summarize(run_dir, result, wall=time.time() - started)
+    summary = _summarize(run_dir, result, wall=time.time() - started, sessions=_sessions(run_dir))
     storage.write_text(storage.join(run_dir, "result.json"), json.dumps(summary, indent=2))
     return {**summary, "run_dir": str(run_dir)}
 
@@ -577,7 +579,36 @@ def _worker_error(e: BaseException) -> str:
     return text.strip()
 
 
-def _summarize(run_dir: str | Path, result: Any, wall: float) -> dict[str, Any]:
+SESSIONS = "sessions.jsonl"  # one line per `finetune` session on the run directory: {"started": <epoch s>}
+
+
+def _record_session(run_dir: str | Path, started: float) -> None:
+    from forgekit import storage
+
+    path = storage.join(run_dir, SESSIONS)
+    before = storage.read_text(path) if storage.exists(path) else ""
+    storage.write_text(path, before + json.dumps({"started": round(started, 3)}) + "\n")
+
+
+def _sessions(run_dir: str | Path) -> list[float]:
+    from forgekit import storage
+
+    path = storage.join(run_dir, SESSIONS)
+    text = storage.read_text(path) if storage.exists(path) else ""
+    return [json.loads(line)["started"] for line in text.splitlines() if line.strip()]
+
+
+def _earlier_sessions_seconds(starts: list[float], rows: list[dict]) -> float:
+    """The wall time of the sessions before the last: each from its start to the last metrics row it wrote (a
+    session that was killed left no end time; what it did after its last row is lost work, not counted)."""
+    total = 0.0
+    for start, nxt in itertools.pairwise(starts):
+        times = [r["time"] for r in rows if "time" in r and start <= r["time"] < nxt]
+        total += (max(times) - start) if times else 0.0
+    return total
+
+
+def _summarize(run_dir: str | Path, result: Any, wall: float, sessions: list[float] = ()) -> dict[str, Any]:
     from forgekit import storage
     from forgekit.runs import list_checkpoints, read_metrics
 
@@ -607,7 +638,10 @@ def _summarize(run_dir: str | Path, result: Any, wall: float) -> dict[str, Any]:
         "steps": info.get("step", train[-1]["step"] if train else 0),
         "train_tokens": info.get("train_tokens", train[-1]["tokens"] if train else 0),
         "tokens_per_second": info.get("tokens_per_second"),
-        "wall_seconds": round(wall, 2),
+        # every session of the run (a resumed run's earlier ones too); the last session alone beside it
+        "wall_seconds": round(wall + _earlier_sessions_seconds(list(sessions), read_metrics(run_dir)), 2),
+        "last_session_wall_seconds": round(wall, 2),
+        "sessions": max(len(sessions), 1),
         "train_seconds": info.get("train_seconds"),
     }
     from forgekit.worker.metrics import CLASSIFICATION_EVAL_KEYS

@@ -61,6 +61,9 @@ def test_killed_run_resumes_to_the_same_final_loss(ray_cluster, tiny_model_dir, 
     for step in range(1, 7):
         assert got[step] == pytest.approx(want[step], abs=1e-5), (step, got, want)
     assert result["final_eval_loss"] == pytest.approx(reference["final_eval_loss"], abs=1e-5)
+    # the wall time covers both sessions: the killed one ran >= 3 steps slowed to 1.5 s before its checkpoint
+    assert result["sessions"] == 2 and result["wall_seconds"] - result["last_session_wall_seconds"] > 4
+    assert reference["sessions"] == 1 and reference["wall_seconds"] == reference["last_session_wall_seconds"]
 
 
 def test_a_diverging_run_stops_with_the_step_and_what_to_change(ray_cluster, tiny_model_dir, data, tmp_path):
