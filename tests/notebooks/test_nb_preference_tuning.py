@@ -34,10 +34,13 @@ def test_sft_then_dpo_with_tiny_model(tiny_model_dir, tmp_path):
     assert sft["steps"] == 2 and dpo["steps"] == 4
     assert read_config(sft_dir)["task"] == "instruction_tuning" and read_config(dpo_dir)["task"] == "preference_tuning"
     assert read_config(dpo_dir)["initial_adapter_model_ckpt_path"] == sft["best_checkpoint"]
-    # step 0: the policy is the SFT reference: ln 2, zero rewards, no pair preferred yet
+    # step 0: the policy is the SFT reference: zero rewards, no pair preferred yet; the loss is DPO's ln 2 plus
+    # dpo.yaml's rpo_alpha (1.0) x the chosen replies' mean token NLL, about ln(vocabulary) = 10.8 for a random model
     evals = read_metrics(dpo_dir, "eval")
     assert evals[0]["step"] == 0 and evals[0]["eval_rewards/accuracies"] == 0
-    assert evals[0]["eval_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert evals[0]["eval_rewards/margins"] == pytest.approx(0, abs=1e-6)
+    assert read_config(dpo_dir)["preference_tuning_config"]["rpo_alpha"] == 1.0
+    assert 8 < evals[0]["eval_loss"] - math.log(2) < 13
     assert evals[-1]["step"] == 4
     train = read_metrics(dpo_dir, "train")
     assert all(k in train[-1] for k in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins"))
