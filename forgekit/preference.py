@@ -137,12 +137,14 @@ def _check_record(record: Any, loss_type: str) -> tuple[Pair | None, list[str]]:
 
 
 def read_pairs(path: str, loss_type: str = "sigmoid", max_reported: int = MAX_REPORTED) -> list[Pair]:
-    """Read and validate every record of a preference file (local, fsspec URL or Hugging Face dataset name).
+    """Read and validate every record of a preference file (local, fsspec URL or Hugging Face dataset name), with a
+    bar over the records where bars show (`forgekit.progress`), as for chat data.
 
     Raises:
         DataError: the problems of every invalid line, each `file:line: problem`.
     """
     from forgekit.data import _hf_records, _read_text
+    from forgekit.progress import progress_bar
 
     if is_hf_dataset_name(path):
         rows, unit = [(i + 1, rec, None) for i, rec in enumerate(_hf_records(path))], "row "
@@ -155,7 +157,8 @@ def read_pairs(path: str, loss_type: str = "sigmoid", max_reported: int = MAX_RE
                 except json.JSONDecodeError as e:
                     rows.append((lineno, None, f"invalid JSON ({e.msg} at column {e.colno})"))
     pairs, problems, total = [], [], 0
-    for lineno, record, parse_problem in rows:
+    for lineno, record, parse_problem in progress_bar(len(rows), f"reading {path.rstrip('/').rsplit('/', 1)[-1]}",
+                                                      "record", iterable=rows):
         pair, found = (None, [parse_problem]) if parse_problem else _check_record(record, loss_type)
         if found:
             total += len(found)

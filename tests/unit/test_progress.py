@@ -81,6 +81,18 @@ def test_reading_and_tokenizing_a_file_draw_bars(bars, tokenizer, tmp_path, caps
     assert "7/7" in tokenizing and "100%" in tokenizing and "example/s" in tokenizing
 
 
+def test_reading_preference_pairs_draws_a_bar(bars, tmp_path, capsys):
+    from forgekit.preference import read_pairs
+
+    path = tmp_path / "pairs.jsonl"
+    pair = {"prompt": [{"role": "user", "content": "Q"}], "chosen": [{"role": "assistant", "content": "good"}],
+            "rejected": [{"role": "assistant", "content": "bad"}]}
+    path.write_text(json.dumps(pair) + "\n" * 2 + json.dumps(pair) + "\n")  # a blank line between: not a record
+    assert len(read_pairs(str(path))) == 2
+    reading = _bar(capsys.readouterr().err, "reading pairs.jsonl")
+    assert "2/2" in reading and "record/s" in reading
+
+
 def test_generation_draws_one_bar_per_call_and_none_by_default(tokenizer, tiny_model_dir, monkeypatch, capsys):
     from forgekit.generate import generate, load_for_generation
 
