@@ -612,9 +612,8 @@ def _summarize(run_dir: str | Path, result: Any, wall: float, sessions: list[flo
     from forgekit import storage
     from forgekit.runs import list_checkpoints, read_metrics
 
-    train = read_metrics(run_dir, kind="train")
-    evals = read_metrics(run_dir, kind="eval")
-    final = read_metrics(run_dir, kind="final")
+    rows = read_metrics(run_dir)  # one read (a GET on object storage)
+    train, evals, final = ([r for r in rows if r.get("kind") == kind] for kind in ("train", "eval", "final"))
     checkpoints = list_checkpoints(run_dir)
     best_ckpt = result.best_checkpoints[0][0].path if evals and result.best_checkpoints else None
     if best_ckpt and storage.is_remote(run_dir):  # Ray's path is inside the bucket: the URL, as the run dir's
@@ -639,7 +638,7 @@ def _summarize(run_dir: str | Path, result: Any, wall: float, sessions: list[flo
         "train_tokens": info.get("train_tokens", train[-1]["tokens"] if train else 0),
         "tokens_per_second": info.get("tokens_per_second"),
         # every session of the run (a resumed run's earlier ones too); the last session alone beside it
-        "wall_seconds": round(wall + _earlier_sessions_seconds(list(sessions), read_metrics(run_dir)), 2),
+        "wall_seconds": round(wall + _earlier_sessions_seconds(list(sessions), rows), 2),
         "last_session_wall_seconds": round(wall, 2),
         "sessions": max(len(sessions), 1),
         "train_seconds": info.get("train_seconds"),
