@@ -513,7 +513,7 @@ def finetune(
     )
     storage.remove(storage.join(run_dir, DIVERGED))  # a re-run after lowering the learning rate starts clean
     started = time.time()
-    _record_session(run_dir, started)
+    sessions = _record_session(run_dir, started)
     bar = _Progress(storage.join(run_dir, "metrics.jsonl"), progress_enabled(progress))
     bar.start()
     try:
@@ -528,7 +528,7 @@ def finetune(
         raise TrainingError(f"training failed in a worker: {_worker_error(result.error)}")
     if storage.exists(storage.join(run_dir, DIVERGED)):
         raise TrainingDiverged(storage.read_text(storage.join(run_dir, DIVERGED)).strip())
-    summary = _summarize(run_dir, result, wall=time.time() - started, sessions=_sessions(run_dir))
+    summary = _summarize(run_dir, result, wall=time.time() - started, sessions=sessions)
     storage.write_text(storage.join(run_dir, "result.json"), json.dumps(summary, indent=2))
     return {**summary, "run_dir": str(run_dir)}
 
@@ -582,23 +582,17 @@ def _worker_error(e: BaseException) -> str:
 SESSIONS = "sessions.jsonl"  # one line per `finetune` session on the run directory: {"started": <epoch s>}
 
 
-def _record_session(run_dir: str | Path, started: float) -> None:
+def _record_session(run_dir: str | Path, started: float) -> list[float]:
+    """Append this session's start to the run directory's sessions.jsonl; return every session's start."""
     from forgekit import storage
 
     path = storage.join(run_dir, SESSIONS)
-    before = storage.read_text(path) if storage.exists(path) else ""
-    storage.write_text(path, before + json.dumps({"started": round(started, 3)}) + "\n")
-
-
-def _sessions(run_dir: str | Path) -> list[float]:
-    from forgekit import storage
-
-    path = storage.join(run_dir, SESSIONS)
-    text = storage.read_text(path) if storage.exists(path) else ""
+    text = (storage.read_text(path) if storage.exists(path) else "") + json.dumps({"started": round(started, 3)}) + "\n"
+    storage.write_text(path, text)
     return [json.loads(line)["started"] for line in text.splitlines() if line.strip()]
 
 
-def _earlier_sessions_seconds(starts: list[float], rows: list[dict]) -> float:
+def _earlier_sessions_seconds(starts: Sequence[float], rows: list[dict]) -> float:
     """The wall time of the sessions before the last: each from its start to the last metrics row it wrote (a
     session that was killed left no end time; what it did after its last row is lost work, not counted)."""
     total = 0.0
@@ -608,7 +602,7 @@ def _earlier_sessions_seconds(starts: list[float], rows: list[dict]) -> float:
     return total
 
 
-def _summarize(run_dir: str | Path, result: Any, wall: float, sessions: list[float] = ()) -> dict[str, Any]:
+def _summarize(run_dir: str | Path, result: Any, wall: float, sessions: Sequence[float] = ()) -> dict[str, Any]:
     from forgekit import storage
     from forgekit.runs import list_checkpoints, read_metrics
 
@@ -638,7 +632,7 @@ def _summarize(run_dir: str | Path, result: Any, wall: float, sessions: list[flo
         "train_tokens": info.get("train_tokens", train[-1]["tokens"] if train else 0),
         "tokens_per_second": info.get("tokens_per_second"),
         # every session of the run (a resumed run's earlier ones too); the last session alone beside it
-        "wall_seconds": round(wall + _earlier_sessions_seconds(list(sessions), rows), 2),
+        "wall_seconds": round(wall + _earlier_sessions_seconds(sessions, rows), 2),
         "last_session_wall_seconds": round(wall, 2),
         "sessions": max(len(sessions), 1),
         "train_seconds": info.get("train_seconds"),

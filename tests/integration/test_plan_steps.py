@@ -13,17 +13,6 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    from forgekit.train import init_ray
-
-    init_ray(None, num_devices=2)
-    yield
-    ray.shutdown()
-
-
 def _rows(n: int) -> list[dict]:
     return [{"messages": [{"role": "user", "content": f"Count to {i}."},
                           {"role": "assistant", "content": " ".join(map(str, range(i % 9 + 1)))}]} for i in range(n)]

@@ -54,17 +54,6 @@ def data(tmp_path_factory) -> dict[str, str]:
             "kto": write(root / "kto.jsonl", kto)}
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    from forgekit.train import init_ray
-
-    init_ray(None, num_devices=2)
-    yield
-    ray.shutdown()
-
-
 def config(tiny_model_dir: Path, data: dict, out: Path, **extra) -> dict:
     cfg = {"model_id": str(tiny_model_dir), "train_path": data["train"], "valid_path": data["valid"],
            "task": "preference_tuning", "num_devices": 1, "train_batch_size_per_device": 4,
